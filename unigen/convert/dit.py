@@ -1,0 +1,162 @@
+"""Official DiT and diffusers `DiTTransformer2DModel` state dicts -> unigen DiT.
+
+Both sources store torch Linear weights as (out, in); unigen kernels are (in, ...out)
+with heads kept as their own axes (see unigen.nn.layers.Dense). The official fused qkv
+is (3*D, D) with q/k/v outermost, then heads, then head dim (REFERENCES.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from unigen.convert.weights import WeightError
+from unigen.models.dit import DIT_SIZES, DiTConfig, dit_config
+from unigen.nn.posemb import sincos_2d
+
+_HEADS_BY_WIDTH = {hidden: heads for _, hidden, heads in DIT_SIZES.values()}
+
+
+class _Source:
+    """Pops keys out of a state dict, checking shapes; reports what was never used."""
+
+    def __init__(self, sd: dict[str, np.ndarray], name: str):
+        self.sd, self.name = dict(sd), name
+
+    def take(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        if key not in self.sd:
+            raise WeightError(f"{self.name}: missing key {key!r} (expected shape {shape})")
+        value = np.asarray(self.sd.pop(key))
+        if value.shape != tuple(shape):
+            raise WeightError(
+                f"{self.name}: key {key!r} has shape {value.shape}, expected {tuple(shape)}"
+            )
+        return value
+
+    def finish(self, ignore: tuple[str, ...] = ()) -> None:
+        left = sorted(k for k in self.sd if not any(re.fullmatch(p, k) for p in ignore))
+        if left:
+            raise WeightError(f"{self.name}: unknown keys {left[:8]}{' ...' if len(left) > 8 else ''}")
+
+
+def _linear(src: _Source, prefix: str, d_in: int, out_shape: tuple[int, ...], dst: dict, name: str):
+    """torch Linear (prod(out), d_in) -> kernel (d_in, *out_shape), bias out_shape."""
+    d_out = math.prod(out_shape)
+    dst[f"{name}.kernel"] = src.take(f"{prefix}.weight", (d_out, d_in)).T.reshape(d_in, *out_shape)
+    dst[f"{name}.bias"] = src.take(f"{prefix}.bias", (d_out,)).reshape(out_shape)
+
+
+def _patch_embed(src: _Source, prefix: str, cfg: DiTConfig, dst: dict):
+    # Conv weight (D, C, p, p) read as a Linear over patches flattened in (p, q, c) order.
+    p, c, d = cfg.patch_size, cfg.in_channels, cfg.hidden_size
+    w = src.take(f"{prefix}.weight", (d, c, p, p))
+    dst["x_embedder.kernel"] = w.transpose(2, 3, 1, 0).reshape(p * p * c, d)
+    dst["x_embedder.bias"] = src.take(f"{prefix}.bias", (d,))
+
+
+def _check_pos_embed(src: _Source, key: str, cfg: DiTConfig):
+    if key in src.sd:
+        table = src.take(key, (1, cfg.grid ** 2, cfg.hidden_size))[0]
+        expected = sincos_2d(cfg.hidden_size, cfg.grid, cfg.grid)
+        if not np.allclose(table, expected, atol=1e-4):
+            raise WeightError(f"{src.name}: {key!r} is not the fixed 2-D sin-cos table unigen computes")
+
+
+def _block_common(src: _Source, pre: str, cfg: DiTConfig, dst: dict, i: int, keys: dict[str, str]):
+    d, h = cfg.hidden_size, cfg.num_heads
+    hidden = int(d * cfg.mlp_ratio)
+    _linear(src, pre + keys["ada"], d, (6, d), dst, f"blocks.{i}.ada")
+    _linear(src, pre + keys["proj"], d, (d,), dst, f"blocks.{i}.proj")
+    dst[f"blocks.{i}.proj.kernel"] = dst[f"blocks.{i}.proj.kernel"].reshape(h, d // h, d)
+    _linear(src, pre + keys["fc1"], d, (hidden,), dst, f"blocks.{i}.mlp.fc1")
+    _linear(src, pre + keys["fc2"], hidden, (d,), dst, f"blocks.{i}.mlp.fc2")
+
+
+def infer_official_config(sd: dict[str, np.ndarray], **overrides: Any) -> DiTConfig:
+    """Read a DiT config off an official state dict's shapes (heads from the width)."""
+    if "x_embedder.proj.weight" not in sd:
+        raise WeightError("not an official DiT state dict: no 'x_embedder.proj.weight' key")
+    d, c, p, _ = sd["x_embedder.proj.weight"].shape
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    tokens = sd["pos_embed"].shape[1] if "pos_embed" in sd else None
+    rows = sd["y_embedder.embedding_table.weight"].shape[0]
+    c_out = sd["final_layer.linear.weight"].shape[0] // (p * p)
+    if "num_heads" not in overrides and d not in _HEADS_BY_WIDTH:
+        raise WeightError(f"cannot infer the head count for width {d}: pass num_heads=...")
+    fields = dict(
+        hidden_size=d, in_channels=c, patch_size=p, depth=depth,
+        num_heads=_HEADS_BY_WIDTH.get(d), learn_sigma=(c_out == 2 * c),
+        num_classes=rows - 1, class_dropout_prob=0.1,
+        input_size=int(round(math.sqrt(tokens))) * p if tokens else 32,
+    )
+    fields.update(overrides)
+    return dit_config("DiT-XL/2", compat="official", **fields)
+
+
+def official_to_flat(sd: dict[str, np.ndarray], cfg: DiTConfig) -> dict[str, np.ndarray]:
+    src, dst = _Source(sd, "official DiT checkpoint"), {}
+    d, h = cfg.hidden_size, cfg.num_heads
+    _patch_embed(src, "x_embedder.proj", cfg, dst)
+    _check_pos_embed(src, "pos_embed", cfg)
+    _linear(src, "t_embedder.mlp.0", 256, (d,), dst, "cond.t_embedder.fc1")
+    _linear(src, "t_embedder.mlp.2", d, (d,), dst, "cond.t_embedder.fc2")
+    rows = cfg.num_classes + int(cfg.class_dropout_prob > 0)
+    dst["cond.y_embedder.table"] = src.take("y_embedder.embedding_table.weight", (rows, d))
+    keys = dict(ada="adaLN_modulation.1", proj="attn.proj", fc1="mlp.fc1", fc2="mlp.fc2")
+    for i in range(cfg.depth):
+        pre = f"blocks.{i}."
+        _linear(src, pre + "attn.qkv", d, (3, h, d // h), dst, f"blocks.{i}.qkv")
+        _block_common(src, pre, cfg, dst, i, keys)
+    _linear(src, "final_layer.adaLN_modulation.1", d, (2, d), dst, "final_layer.ada")
+    _linear(src, "final_layer.linear", d, (cfg.patch_size ** 2 * cfg.out_channels,), dst, "final_layer.linear")
+    src.finish()
+    return dst
+
+
+def diffusers_config(config: dict[str, Any], **overrides: Any) -> DiTConfig:
+    """Map a diffusers `DiTTransformer2DModel` config.json onto DiTConfig."""
+    if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
+        raise WeightError(f"only norm_type='ada_norm_zero' DiTs are supported, got {config['norm_type']!r}")
+    if config.get("activation_fn", "gelu-approximate") != "gelu-approximate":
+        raise WeightError(f"only activation_fn='gelu-approximate' is supported, got {config['activation_fn']!r}")
+    heads, head_dim = config.get("num_attention_heads", 16), config.get("attention_head_dim", 72)
+    in_ch = config.get("in_channels", 4)
+    out_ch = config.get("out_channels") or in_ch
+    if out_ch not in (in_ch, 2 * in_ch):
+        raise WeightError(f"out_channels={out_ch} must equal in_channels or twice it (learned sigma)")
+    fields = dict(
+        hidden_size=heads * head_dim, num_heads=heads, depth=config.get("num_layers", 28),
+        in_channels=in_ch, learn_sigma=(out_ch == 2 * in_ch), patch_size=config.get("patch_size", 2),
+        input_size=config.get("sample_size", 32), num_classes=config.get("num_embeds_ada_norm", 1000),
+        class_dropout_prob=0.1, mlp_norm_eps=config.get("norm_eps", 1e-5),
+    )
+    fields.update(overrides)
+    return dit_config("DiT-XL/2", compat="diffusers", **fields)
+
+
+def diffusers_to_flat(sd: dict[str, np.ndarray], cfg: DiTConfig) -> dict[str, np.ndarray]:
+    src, dst = _Source(sd, "diffusers DiTTransformer2DModel"), {}
+    d, h = cfg.hidden_size, cfg.num_heads
+    _patch_embed(src, "pos_embed.proj", cfg, dst)
+    _check_pos_embed(src, "pos_embed.pos_embed", cfg)
+    keys = dict(ada="norm1.linear", proj="attn1.to_out.0", fc1="ff.net.0.proj", fc2="ff.net.2")
+    rows = cfg.num_classes + int(cfg.class_dropout_prob > 0)
+    for i in range(cfg.depth):
+        pre = f"transformer_blocks.{i}."
+        emb = pre + "norm1.emb."
+        _linear(src, emb + "timestep_embedder.linear_1", 256, (d,), dst, f"blocks.{i}.cond.t_embedder.fc1")
+        _linear(src, emb + "timestep_embedder.linear_2", d, (d,), dst, f"blocks.{i}.cond.t_embedder.fc2")
+        dst[f"blocks.{i}.cond.y_embedder.table"] = src.take(emb + "class_embedder.embedding_table.weight", (rows, d))
+        parts = {}
+        for j, name in enumerate("qkv"):
+            _linear(src, pre + f"attn1.to_{name}", d, (h, d // h), parts, name)
+        dst[f"blocks.{i}.qkv.kernel"] = np.stack([parts[f"{n}.kernel"] for n in "qkv"], axis=1)
+        dst[f"blocks.{i}.qkv.bias"] = np.stack([parts[f"{n}.bias"] for n in "qkv"], axis=0)
+        _block_common(src, pre, cfg, dst, i, keys)
+    _linear(src, "proj_out_1", d, (2, d), dst, "final_layer.ada")
+    _linear(src, "proj_out_2", d, (cfg.patch_size ** 2 * cfg.out_channels,), dst, "final_layer.linear")
+    src.finish()
+    return dst

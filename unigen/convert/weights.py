@@ -1,0 +1,79 @@
+"""Reading weight files and filling a module's parameters, strictly.
+
+Safetensors are read with numpy (no torch). `.pt`/`.pth`/`.bin` files are read with
+`torch.load(weights_only=True)` only when torch is installed (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class WeightError(ValueError):
+    """A weight file does not match the model: names the key and both shapes."""
+
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+    """A flat {key: float32/int numpy array} from a .safetensors or a torch checkpoint."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no weight file at {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+        return dict(load_file(path))
+    try:
+        import torch
+    except ImportError as e:  # torch is a test extra, never a runtime dependency
+        raise ImportError(
+            f"{path} is a PyTorch checkpoint; reading it needs torch (`pip install torch`), "
+            "or convert it to .safetensors first"
+        ) from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        # A DiT train.py checkpoint {"model", "ema", "opt", "args"}: sample with the EMA
+        # weights, as the official sample.py does with released checkpoints.
+        obj = obj["ema"] if isinstance(obj.get("ema"), Mapping) else obj["model"]
+    if not isinstance(obj, Mapping):
+        raise WeightError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if not hasattr(v, "detach"):
+            raise WeightError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
+    return out
+
+
+def fill_module(abstract_module: nnx.Module, flat: Mapping[str, np.ndarray], *, source: str) -> nnx.Module:
+    """Put `flat` ({"blocks.0.qkv.kernel": array, ...}, one entry per Param, blocks
+    unstacked) into a module made with `nnx.eval_shape`. Scanned (stacked) blocks are
+    assembled from the per-block entries. Missing keys, unused keys and wrong shapes are
+    errors that name the key and both shapes."""
+    graphdef, state = nnx.split(abstract_module)
+    remaining = dict(flat)
+    for path, var in nnx.to_flat_state(state):
+        name = ".".join(str(p) for p in path)
+        shape = tuple(var.shape)
+        if name in remaining:
+            value = remaining.pop(name)
+        else:  # stacked over layers: path ('blocks', 'qkv', 'kernel') <- blocks.{i}.qkv.kernel
+            head, rest = name.split(".", 1) if "." in name else (name, "")
+            per_layer = [f"{head}.{i}.{rest}" for i in range(shape[0])] if shape else []
+            if not per_layer or per_layer[0] not in remaining:
+                raise WeightError(f"{source}: no weights for parameter {name!r} (shape {shape})")
+            missing = [k for k in per_layer if k not in remaining]
+            if missing:
+                raise WeightError(f"{source}: missing {missing[0]!r} for stacked parameter {name!r}")
+            value = np.stack([remaining.pop(k) for k in per_layer])
+        if tuple(value.shape) != shape:
+            raise WeightError(
+                f"{source}: parameter {name!r} has shape {tuple(value.shape)} in the file "
+                f"but the model expects {shape}"
+            )
+        var.set_value(jnp.asarray(value, dtype=var.dtype))
+    if remaining:
+        raise WeightError(f"{source}: unused weights {sorted(remaining)[:8]} (unknown to this model)")
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,271 @@
+"""DiT: Scalable Diffusion Models with Transformers (Peebles & Xie, 2023).
+
+The official architecture (facebookresearch/DiT `models.py`): patch tokens + fixed 2-D
+sin-cos positions; c = t_emb + y_emb; adaLN-Zero blocks; a final adaLN + Linear to
+p*p*C_out channels (2C with learned sigma). Input and output are NHWC.
+
+Two numerically distinct conventions are named options, not silent defaults (REFERENCES.md):
+  compat="official"   timestep frequencies divide by half, every LayerNorm eps 1e-6, one
+                      shared conditioning embedder.
+  compat="diffusers"  diffusers' `DiTTransformer2DModel`: frequencies divide by half-1, the
+                      MLP LayerNorm uses eps 1e-5, and every block owns its timestep+label
+                      embedder (the final layer reads block 0's).
+
+`scan_layers=True` stacks the blocks on a leading "layers" axis and runs them with
+`lax.scan` (compile time independent of depth); `remat=True` rematerialises each block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from unigen.nn.attention import attention
+from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder
+from unigen.nn.layers import Dense
+from unigen.nn.mlp import Mlp
+from unigen.nn.modulate import gate, modulate
+from unigen.nn.norms import layer_norm
+from unigen.nn.patch import check_divisible, patchify, unpatchify
+from unigen.nn.posemb import sincos_2d
+from unigen.parallel.logical import constrain
+
+# depth, hidden size, heads (DiT Table 1).
+DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+COMPAT = {
+    "official": dict(time_freq_shift=0.0, norm_eps=1e-6, mlp_norm_eps=1e-6, per_block_conditioning=False),
+    "diffusers": dict(time_freq_shift=1.0, norm_eps=1e-6, mlp_norm_eps=1e-5, per_block_conditioning=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    input_size: int = 32            # latent/image side (square)
+    patch_size: int = 2
+    in_channels: int = 4
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+    learn_sigma: bool = True
+    time_freq_shift: float = 0.0
+    norm_eps: float = 1e-6
+    mlp_norm_eps: float = 1e-6
+    per_block_conditioning: bool = False
+    attention_backend: str = "auto"
+    attention_options: tuple = ()   # (key, value) pairs passed to the attention backend
+    scan_layers: bool = False
+    remat: bool = False
+    dtype: str = "float32"          # compute dtype; parameters stay float32
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def grid(self) -> int:
+        return self.input_size // self.patch_size
+
+    def validate(self) -> "DiTConfig":
+        def bad(field, why):
+            raise ValueError(f"DiTConfig.{field}={getattr(self, field)!r}: {why}")
+        for f in ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads"):
+            if int(getattr(self, f)) <= 0:
+                bad(f, "must be a positive integer")
+        if self.input_size % self.patch_size:
+            bad("input_size", f"not divisible by patch_size={self.patch_size}; use a multiple of it")
+        if self.hidden_size % self.num_heads:
+            bad("hidden_size", f"not divisible by num_heads={self.num_heads}")
+        if self.hidden_size % 4:
+            bad("hidden_size", "must be divisible by 4 (2-D sin-cos position embedding)")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            bad("class_dropout_prob", "must be in [0, 1)")
+        if self.num_classes < 0:
+            bad("num_classes", "must be >= 0 (0 = unconditional)")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            bad("dtype", "use 'float32', 'bfloat16' or 'float16'")
+        return self
+
+
+def dit_config(name: str = "DiT-XL/2", *, compat: str = "official", **overrides: Any) -> DiTConfig:
+    """Config for a named size ("DiT-S/2", "DiT-B/4", "DiT-XL/2", ...) with overrides."""
+    m = re.fullmatch(r"DiT-(S|B|L|XL)/(2|4|8)", name)
+    if m is None:
+        raise ValueError(
+            f"unknown model name {name!r}; expected DiT-<size>/<patch> with size in "
+            f"{sorted(DIT_SIZES)} and patch in (2, 4, 8), e.g. 'DiT-XL/2'"
+        )
+    if compat not in COMPAT:
+        raise ValueError(f"compat={compat!r}; choose one of {sorted(COMPAT)}")
+    depth, hidden, heads = DIT_SIZES[m.group(1)]
+    fields = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(m.group(2)))
+    fields.update(COMPAT[compat])
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(DiTConfig)}
+    if unknown:
+        raise ValueError(f"unknown DiTConfig fields {sorted(unknown)}")
+    fields.update(overrides)
+    return DiTConfig(**fields).validate()
+
+
+class Conditioning(nnx.Module):
+    """c = TimestepEmbedder(t) + LabelEmbedder(y) (DiT §3.2)."""
+
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        self.t_embedder = TimestepEmbedder(cfg.hidden_size, freq_shift=cfg.time_freq_shift, rngs=rngs, dtype=dtype)
+        self.y_embedder = (
+            LabelEmbedder(cfg.num_classes, cfg.hidden_size, dropout=cfg.class_dropout_prob, rngs=rngs)
+            if cfg.num_classes > 0 else None
+        )
+
+    def __call__(self, t, y, drop_key=None):
+        c = self.t_embedder(t)
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(y, drop_key).astype(c.dtype)
+        return c
+
+
+class DiTBlock(nnx.Module):
+    """adaLN-Zero block: x += g1 * Attn(mod(LN(x))); x += g2 * MLP(mod(LN(x)))."""
+
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+        d, h = cfg.hidden_size, cfg.num_heads
+        dtype = jnp.dtype(cfg.dtype)
+        self.cfg = cfg
+        self.cond = Conditioning(cfg, rngs=rngs) if cfg.per_block_conditioning else None
+        self.qkv = Dense(d, (3, h, d // h), axes=("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype)
+        self.proj = Dense((h, d // h), d, axes=("heads", "kv", "embed"), rngs=rngs, dtype=dtype)
+        self.mlp = Mlp(d, int(d * cfg.mlp_ratio), rngs=rngs, dtype=dtype)
+        # adaLN-Zero: the modulation Linear starts at zero so every block is the identity.
+        self.ada = Dense(d, (6, d), axes=("embed", None, None), rngs=rngs, dtype=dtype,
+                         kernel_init=nnx.initializers.zeros_init())
+
+    def __call__(self, x, c, t=None, y=None, drop_key=None):
+        if self.cond is not None:
+            c = self.cond(t, y, drop_key)
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
+        q, k, v = jnp.unstack(self.qkv(modulate(layer_norm(x, self.cfg.norm_eps), shift1, scale1)), axis=2)
+        q, k, v = (constrain(a, ("batch", "length", "heads", "kv")) for a in (q, k, v))
+        o = attention(q, k, v, backend=self.cfg.attention_backend, **dict(self.cfg.attention_options))
+        x = x + gate(self.proj(o), gate1)
+        x = x + gate(self.mlp(modulate(layer_norm(x, self.cfg.mlp_norm_eps), shift2, scale2)), gate2)
+        return constrain(x, ("batch", "length", "embed"))
+
+
+class FinalLayer(nnx.Module):
+    """adaLN (shift, scale) + Linear to p*p*C_out, both zero-initialised."""
+
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+        d, dtype = cfg.hidden_size, jnp.dtype(cfg.dtype)
+        zeros = nnx.initializers.zeros_init()
+        self.eps = cfg.norm_eps
+        self.ada = Dense(d, (2, d), axes=("embed", None, None), kernel_init=zeros, rngs=rngs, dtype=dtype)
+        self.linear = Dense(d, cfg.patch_size ** 2 * cfg.out_channels, axes=("embed", "patch"),
+                            kernel_init=zeros, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x, c):
+        shift, scale = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
+        return self.linear(modulate(layer_norm(x, self.eps), shift, scale))
+
+
+class DiT(nnx.Module):
+    """Class-conditional DiT. `model(x, t, y)`: x (B, H, W, C), t (B,) timesteps in the
+    DiT convention (0..999, 0 = data), y (B,) int labels (num_classes = null) -> (B, H, W, C_out).
+
+    `label_drop_key` turns on training-time label dropout (prob cfg.class_dropout_prob)."""
+
+    def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+        cfg = cfg.validate()
+        self.cfg = cfg
+        dtype = jnp.dtype(cfg.dtype)
+        patch_dim = cfg.patch_size ** 2 * cfg.in_channels
+        # The conv patch embedding read as a Linear over (p, q, c) patches; xavier over the
+        # flattened (C*p*p, D) view as the reference initialises it.
+        self.x_embedder = Dense(patch_dim, cfg.hidden_size, axes=("patch", "embed"), rngs=rngs, dtype=dtype)
+        self.cond = None if cfg.per_block_conditioning else Conditioning(cfg, rngs=rngs)
+        if cfg.scan_layers:
+            @nnx.split_rngs(splits=cfg.depth)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_blocks(rngs):
+                return DiTBlock(cfg, rngs=rngs)
+            self.blocks = make_blocks(rngs)
+        else:
+            self.blocks = nnx.List([DiTBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
+        self.final_layer = FinalLayer(cfg, rngs=rngs)
+
+    def pos_embed(self) -> jax.Array:
+        return jnp.asarray(sincos_2d(self.cfg.hidden_size, self.cfg.grid, self.cfg.grid))
+
+    def _check_inputs(self, x, t, y):
+        cfg = self.cfg
+        if x.ndim != 4 or x.shape[3] != cfg.in_channels:
+            raise ValueError(f"DiT expects NHWC input with C={cfg.in_channels}; got shape {x.shape}")
+        check_divisible(x.shape[1], x.shape[2], cfg.patch_size)
+        if x.shape[1:3] != (cfg.input_size, cfg.input_size):
+            raise ValueError(f"DiT built for {cfg.input_size}x{cfg.input_size} inputs; got {x.shape[1]}x{x.shape[2]}")
+        if t.shape != (x.shape[0],) or (y is not None and y.shape != (x.shape[0],)):
+            raise ValueError(f"t and y must have shape ({x.shape[0]},); got t{t.shape} y{None if y is None else y.shape}")
+
+    def __call__(self, x, t, y=None, *, label_drop_key=None):
+        cfg = self.cfg
+        t = jnp.asarray(t)
+        if t.ndim == 0:
+            t = jnp.broadcast_to(t, (x.shape[0],))
+        y = None if y is None else jnp.asarray(y)
+        if cfg.num_classes > 0 and y is None:
+            raise ValueError("this DiT is class-conditional: pass labels y (use num_classes for the null label)")
+        self._check_inputs(x, t, y)
+        dtype = jnp.dtype(cfg.dtype)
+        h = self.x_embedder(patchify(x.astype(dtype), cfg.patch_size)) + self.pos_embed().astype(dtype)
+        h = constrain(h, ("batch", "length", "embed"))
+        c = None if self.cond is None else self.cond(t, y, label_drop_key)
+        h = self._run_blocks(h, c, t, y, label_drop_key)
+        if c is None:  # diffusers layout: the final layer reads block 0's embedder
+            c = self._block0_conditioning(t, y, label_drop_key)
+        out = self.final_layer(h, c)
+        return unpatchify(out, cfg.patch_size, x.shape[1], x.shape[2]).astype(x.dtype)
+
+    def _block0_conditioning(self, t, y, drop_key):
+        if self.cfg.scan_layers:
+            graphdef, state = nnx.split(self.blocks)
+            first = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))
+            return first.cond(t, y, drop_key)
+        return self.blocks[0].cond(t, y, drop_key)
+
+    def _run_blocks(self, h, c, t, y, drop_key):
+        def run(block, h):
+            return block(h, c, t, y, drop_key)
+        if self.cfg.remat:
+            run = nnx.remat(run)
+        if not self.cfg.scan_layers:
+            for block in self.blocks:
+                h = run(block, h)
+            return h
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(h, block_state):
+            return run(nnx.merge(graphdef, block_state), h), None
+
+        h, _ = jax.lax.scan(body, h, state)
+        return h
+
+    def forward_with_cfg(self, x, t, y, cfg_scale: float, *, guided_channels: int | None = None):
+        """Official DiT `forward_with_cfg`: the batch is [cond; uncond] halves with the same
+        x; guidance eps_u + s (eps_c - eps_u) is applied to the first `guided_channels`
+        output channels (official: 3, "for exact reproducibility"; None = all of the
+        eps channels) and the remaining channels pass through from each half."""
+        half = x[: x.shape[0] // 2]
+        out = self(jnp.concatenate([half, half]), t, y)
+        n_eps = self.cfg.in_channels
+        k = n_eps if guided_channels is None else guided_channels
+        guided, rest = out[..., :k], out[..., k:]
+        cond, uncond = jnp.split(guided, 2)
+        mixed = uncond + cfg_scale * (cond - uncond)
+        return jnp.concatenate([jnp.concatenate([mixed, mixed]), rest], axis=-1)

@@ -1,0 +1,121 @@
+"""Logical axis names -> mesh axes (DESIGN.md §7).
+
+Parameters carry their logical axis names as the `logical_axes` metadata of their
+`nnx.Param` (e.g. `("embed", "mlp")` for an MLP's first kernel). Activations are
+annotated inside the models with `constrain(x, ("batch", "length", "embed"))`.
+
+A *rule table* is a sequence of `(logical_name, mesh_axes)` pairs, `mesh_axes` being a
+mesh axis name, a tuple of them, or None (replicated). `use_rules(mesh, rules)` makes a
+table active while a function is traced; outside it `constrain` is the identity, so the
+same model code runs on one device without any sharding context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import math
+from typing import Iterator, Sequence
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from unigen.parallel.rules import get_rules
+
+LogicalAxes = tuple[str | None, ...]
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+_active = threading.local()
+
+
+@contextlib.contextmanager
+def use_rules(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """Activate `rules` on `mesh` for `constrain` calls traced inside the block."""
+    previous = getattr(_active, "value", None)
+    _active.value = (mesh, get_rules(rules))
+    try:
+        yield
+    finally:
+        _active.value = previous
+
+
+def active_rules() -> tuple[Mesh, Rules] | None:
+    return getattr(_active, "value", None)
+
+
+def logical_to_spec(axes: LogicalAxes, rules: Rules, mesh: Mesh | None = None) -> P:
+    """PartitionSpec for `axes` under `rules`: each logical name takes the first rule
+    that names it, and a mesh axis is used at most once (later uses fall back to None).
+    Mesh axes of size 1 are dropped, so the spec reads the same on any mesh."""
+    table: dict[str, str | tuple[str, ...] | None] = {}
+    for name, target in get_rules(rules):
+        table.setdefault(name, target)
+    used: set[str] = set()
+    spec = []
+    for name in axes:
+        target = table.get(name) if name is not None else None
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        if mesh is not None:
+            targets = tuple(t for t in targets if mesh.shape.get(t, 1) > 1)
+        if any(t in used for t in targets):
+            targets = ()
+        used.update(targets)
+        spec.append(None if not targets else targets[0] if len(targets) == 1 else targets)
+    return P(*spec)
+
+
+def spec_for_shape(
+    shape: Sequence[int], axes: LogicalAxes, rules: Rules, mesh
+) -> tuple[P, list[str]]:
+    """`logical_to_spec` that also respects divisibility.
+
+    Returns the spec and a list of problems. A dimension whose size is not divisible by
+    the product of its mesh axes is replicated instead (uneven shards would be padded
+    by XLA and are rejected for jit arguments); the freed mesh axes stay available to
+    the dimensions after it.
+    """
+    if len(shape) != len(axes):
+        raise ValueError(f"array of shape {tuple(shape)} given {len(axes)} axis names {axes}")
+    table: dict[str, str | tuple[str, ...] | None] = {}
+    for name, target in get_rules(rules):
+        table.setdefault(name, target)
+    sizes = dict(mesh.shape)
+    used: set[str] = set()
+    spec, problems = [], []
+    for dim, name in zip(shape, axes):
+        target = table.get(name) if name is not None else None
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        unknown = [t for t in targets if t not in sizes]
+        if unknown:
+            raise ValueError(
+                f"rule {name!r} -> {target!r} names mesh axes {unknown} that the mesh "
+                f"{dict(sizes)} does not have"
+            )
+        targets = tuple(t for t in targets if sizes[t] > 1)
+        if any(t in used for t in targets):
+            targets = ()
+        ways = math.prod(sizes[t] for t in targets)
+        if targets and dim % ways:
+            problems.append(
+                f"dim {name!r} of size {dim} is not divisible by mesh axes {targets} "
+                f"(size {ways}); replicated"
+            )
+            targets = ()
+        used.update(targets)
+        spec.append(None if not targets else targets[0] if len(targets) == 1 else targets)
+    return P(*spec), problems
+
+
+def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:
+    """`with_sharding_constraint` by logical names when rules are active; else identity.
+
+    Dimensions not divisible by their mesh axes are left replicated (see
+    `spec_for_shape`), so odd sizes in small tests never fail to compile."""
+    active = active_rules()
+    if active is None:
+        return x
+    mesh, rules = active
+    if x.ndim != len(axes):
+        raise ValueError(f"constrain: array of rank {x.ndim} given {len(axes)} axis names {axes}")
+    spec, _ = spec_for_shape(x.shape, axes, rules, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
