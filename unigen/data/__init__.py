@@ -1,0 +1,15 @@
+"""Data: the embedded `digits` TFDS builder and grain pipelines over prepared TFDS sets.
+
+Nothing here imports TensorFlow; tensorflow_datasets and grain are imported on first use.
+"""
+
+from unigen.data.digits import (NUM_CLASSES, digits_arrays, digits_builder_class,
+                                scale_grey_levels, split_indices)
+from unigen.data.pipeline import Preprocess, make_dataset, resize_bilinear
+from unigen.data.tfds_source import data_source, load_builder, prepare_digits, resolve_data_dir
+
+__all__ = [
+    "NUM_CLASSES", "digits_arrays", "digits_builder_class", "scale_grey_levels",
+    "split_indices", "Preprocess", "make_dataset", "resize_bilinear", "data_source",
+    "load_builder", "prepare_digits", "resolve_data_dir",
+]

@@ -1,0 +1,1 @@
+"""Command-line entry points for inference: `sample` (unigen-sample), `evaluate` (unigen-evaluate)."""

@@ -1,0 +1,1 @@
+"""unigen.training: config, train state, the jitted step, checkpoints and the loop."""

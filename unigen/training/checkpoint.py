@@ -1,0 +1,166 @@
+"""Checkpoints that survive (DESIGN.md §10): orbax `CheckpointManager` in `<workdir>/checkpoints`.
+
+Each step directory holds the whole `TrainState` (params, AdamW state, EMA, step, rng;
+saved sharded, restored onto whatever mesh the restoring run uses) and the data
+iterator's position (JSON). Orbax writes into a temporary directory and renames it when
+complete, so a run killed at any moment, even during a save, leaves only whole
+checkpoints; leftovers are cleaned up on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def is_workdir(path: str) -> bool:
+    return os.path.exists(os.path.join(path, CONFIG_NAME)) and os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _describe(tree) -> dict[str, tuple]:
+    """{'params/blocks/qkv/kernel': shape} for a state tree or orbax's metadata of one
+    (the two spell Variable values and dataclass fields differently: normalise)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names = [_key_name(k) for k in path]
+        key = "/".join(n for n in names if n != "value")
+        shape = getattr(leaf, "shape", None)
+        out[key] = tuple(shape) if shape is not None else None
+    return out
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, *, keep: int = 2):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=dict(
+            state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler()))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+        self.manager.wait_until_finished()
+
+    def _check_compatible(self, step: int, abstract_state) -> None:
+        try:
+            meta = self.manager.item_metadata(step)["state"]
+        except Exception as e:  # unreadable metadata = a damaged checkpoint
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {e}); "
+                f"delete that step directory to resume from an earlier one") from e
+        if meta is None:
+            return
+        want, have = _describe(abstract_state), _describe(meta)
+        for key, shape in want.items():
+            if key not in have:
+                raise CheckpointError(f"checkpoint {self.directory}/{step} has no entry {key} "
+                                      f"(the model or optimizer config differs from the run that wrote it)")
+            if shape is not None and have[key] is not None and have[key] != shape:
+                raise CheckpointError(
+                    f"checkpoint {self.directory}/{step}: {key} has shape {have[key]}, this run "
+                    f"expects {shape} (the model config differs from the run that wrote it)")
+        extra = sorted(set(have) - set(want))
+        if extra:
+            raise CheckpointError(f"checkpoint {self.directory}/{step} has entries this run does not "
+                                  f"know: {extra[:5]} (the config differs from the run that wrote it)")
+
+    def restore(self, step: int, abstract_state, *, with_data: bool = True):
+        """(state, data_state) at `step`; `abstract_state` carries target shardings."""
+        self._check_compatible(step, abstract_state)
+        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        if with_data:
+            items["data"] = ocp.args.JsonRestore()
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:
+            raise CheckpointError(
+                f"could not restore checkpoint {self.directory}/{step} ({type(e).__name__}: {e}); "
+                f"it is damaged or from another config: delete it to resume from an earlier one") from e
+        return restored["state"], (restored["data"] if with_data else None)
+
+    def close(self):
+        self.manager.close()
+
+
+def check_finite(tree, what: str) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise CheckpointError(f"{what}: {jax.tree_util.keystr(path)} holds NaN/Inf")
+
+
+def save_config(workdir: str, cfg_json: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_NAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(cfg_json)
+    os.replace(tmp, path)  # atomic: a kill never leaves half a config
+
+
+def read_config(workdir: str):
+    from unigen.training.config import from_json
+    with open(os.path.join(workdir, CONFIG_NAME)) as f:
+        return from_json(f.read())
+
+
+def abstract_train_state(cfg):
+    """(graphdef, abstract TrainState, DiTConfig) for a config, without allocating."""
+    from flax import nnx
+
+    from unigen.models.dit import DiT
+    from unigen.training.build import model_config
+    from unigen.training.state import create_train_state, make_optimizer
+
+    model_cfg = model_config(cfg)
+    tx, _ = make_optimizer(cfg.train)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: DiT(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    abstract = jax.eval_shape(lambda: create_train_state(DiT(model_cfg, rngs=nnx.Rngs(0)), tx, cfg.seed)[1])
+    return graphdef, abstract, model_cfg
+
+
+def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | None = None, **overrides):
+    """The DiT of a training work dir with its latest (EMA) parameters, on one device.
+    `overrides` change runtime fields (scan_layers, attention_backend, dtype, ...)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from unigen.convert.unigen_format import build_filled, module_to_flat
+    from unigen.models.dit import DiT
+
+    cfg = read_config(workdir)
+    graphdef, abstract, model_cfg = abstract_train_state(cfg)
+    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{workdir} has no checkpoint yet")
+        state, _ = ckpt.restore(step, abstract, with_data=False)
+    finally:
+        ckpt.close()
+    model = nnx.merge(graphdef, state.ema if use_ema else state.params)
+    if not overrides:
+        return model
+    flat = module_to_flat(model, ("blocks",) if model_cfg.scan_layers else ())
+    return build_filled(DiT, dataclasses.replace(model_cfg, **overrides).validate(), flat, workdir)
