@@ -67,12 +67,16 @@ def logical_to_spec(axes: LogicalAxes, rules: Rules, mesh: Mesh | None = None) -
 def spec_for_shape(
     shape: Sequence[int], axes: LogicalAxes, rules: Rules, mesh
 ) -> tuple[P, list[str]]:
-    """`logical_to_spec` that also respects divisibility.
+    """`logical_to_spec` that also respects divisibility (uneven shards would be padded
+    by XLA and are rejected for jit arguments). Returns (spec, problems).
 
-    Returns the spec and a list of problems. A dimension whose size is not divisible by
-    the product of its mesh axes is replicated instead (uneven shards would be padded
-    by XLA and are rejected for jit arguments); the freed mesh axes stay available to
-    the dimensions after it.
+    Pass 1 gives each dimension, left to right, its full list of mesh axes when the
+    size divides and none of them is taken. Pass 2 lets each dimension left without
+    axes because of divisibility take the longest prefix of its axes that divides and
+    is still free (e.g. embed=1152 over (fsdp=64, context=4) -> fsdp only). So
+    (heads=4, kv, embed=32) under heads/embed -> fsdp=8 splits embed 8 ways rather
+    than heads 2 ways. A problem is reported only when an array ends up stored with
+    fewer splits than the rules asked for.
     """
     if len(shape) != len(axes):
         raise ValueError(f"array of shape {tuple(shape)} given {len(axes)} axis names {axes}")
@@ -80,9 +84,8 @@ def spec_for_shape(
     for name, target in get_rules(rules):
         table.setdefault(name, target)
     sizes = dict(mesh.shape)
-    used: set[str] = set()
-    spec, problems = [], []
-    for dim, name in zip(shape, axes):
+    asked: list[tuple[str, ...]] = []
+    for name in axes:
         target = table.get(name) if name is not None else None
         targets = (target,) if isinstance(target, str) else tuple(target or ())
         unknown = [t for t in targets if t not in sizes]
@@ -91,18 +94,36 @@ def spec_for_shape(
                 f"rule {name!r} -> {target!r} names mesh axes {unknown} that the mesh "
                 f"{dict(sizes)} does not have"
             )
-        targets = tuple(t for t in targets if sizes[t] > 1)
-        if any(t in used for t in targets):
-            targets = ()
-        ways = math.prod(sizes[t] for t in targets)
-        if targets and dim % ways:
-            problems.append(
-                f"dim {name!r} of size {dim} is not divisible by mesh axes {targets} "
-                f"(size {ways}); replicated"
-            )
-            targets = ()
+        asked.append(tuple(t for t in targets if sizes[t] > 1))
+
+    def ways(targets):
+        return math.prod(sizes[t] for t in targets)
+
+    used: set[str] = set()
+    chosen: list[tuple[str, ...]] = [()] * len(shape)
+    short: list[int] = []  # dims refused for divisibility in pass 1
+    for i, (dim, targets) in enumerate(zip(shape, asked)):
+        if not targets or any(t in used for t in targets):
+            continue
+        if dim % ways(targets):
+            short.append(i)
+            continue
+        chosen[i] = targets
         used.update(targets)
-        spec.append(None if not targets else targets[0] if len(targets) == 1 else targets)
+    problems = []
+    for i in short:
+        prefix = asked[i]
+        while prefix and (shape[i] % ways(prefix) or any(t in used for t in prefix)):
+            prefix = prefix[:-1]
+        chosen[i] = prefix
+        used.update(prefix)
+        if not set(asked[i]) <= used:
+            problems.append(
+                f"dim {axes[i]!r} of size {shape[i]} is not divisible by mesh axes "
+                f"{asked[i]} (size {ways(asked[i])}); "
+                + (f"split over {prefix} only" if prefix else "replicated")
+            )
+    spec = [None if not t else t[0] if len(t) == 1 else t for t in chosen]
     return P(*spec), problems
 
 
