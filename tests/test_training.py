@@ -177,3 +177,37 @@ def test_sample_script_writes_png_of_the_right_size(tmp_path):
     img = Image.open(str(out)[:-4] + ".png")
     up = 48 // 8
     assert img.size == (3 * (8 * up + 1) + 1, 3 * (8 * up + 1) + 1)
+
+
+def test_imagenet_config_builds_and_runs_one_step(tmp_path):
+    from unigen.training.build import ConfigError, validate
+    from unigen.training.config import apply_override, load_config_file
+    from unigen.training.loop import train
+    cfg = load_config_file(os.path.join(ROOT, "configs", "dit_xl2_imagenet256.py"))
+    with pytest.raises(ConfigError, match="data.latent_encoder"):
+        validate(cfg)
+    cfg.data.latent_encoder = ""
+    model_cfg, process = validate(cfg)  # the paper's model as configured
+    assert (model_cfg.depth, model_cfg.hidden_size, model_cfg.num_heads, model_cfg.patch_size) == (28, 1152, 16, 2)
+    assert process.loss == "hybrid" and cfg.sample.guided_channels == 3
+    for key, value in [("data.name", "digits"), ("data.image_size", 8), ("data.channels", 1),
+                       ("data.num_classes", 10), ("model.depth", 1), ("model.hidden_size", 32),
+                       ("model.num_heads", 2), ("train.batch_size", 8), ("train.steps", 1),
+                       ("train.checkpoint_every", 1), ("train.sample_every", 0), ("mesh.fsdp", 1),
+                       ("train.compute_dtype", "float32")]:
+        apply_override(cfg, key, value)
+    result = train(cfg, str(tmp_path), progress=False)
+    assert result["step"] == 1 and np.isfinite(result["loss"])
+
+
+@pytest.mark.slow
+def test_cli_trains_fsdp_on_eight_fake_devices(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    cmd = _train_cmd(tmp_path / "fsdp", 3, 3) + ["--config.mesh.fsdp=8", "--config.mesh.rules='fsdp'",
+                                                 "--config.model.hidden_size=64", "--config.model.num_heads=4"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "done: step 3" in out.stdout
+    # The checkpoint written by 8 devices (fsdp=8) restores here, on one device.
+    state, _ = final_state(tmp_path / "fsdp")
+    assert int(state.step) == 3

@@ -86,8 +86,13 @@ class Checkpointer:
                                   f"know: {extra[:5]} (the config differs from the run that wrote it)")
 
     def restore(self, step: int, abstract_state, *, with_data: bool = True):
-        """(state, data_state) at `step`; `abstract_state` carries target shardings."""
+        """(state, data_state) at `step`. Leaves of `abstract_state` that carry a sharding are
+        restored onto it (any mesh, whatever mesh saved them); the others onto one device."""
         self._check_compatible(step, abstract_state)
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_state = jax.tree.map(
+            lambda a: a if getattr(a, "sharding", None) is not None
+            else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device), abstract_state)
         items = dict(state=ocp.args.StandardRestore(abstract_state))
         if with_data:
             items["data"] = ocp.args.JsonRestore()
