@@ -27,7 +27,10 @@ def get_config():
         compat="official",
         depth=6, hidden_size=192, num_heads=6, patch_size=2, mlp_ratio=4.0,
         class_dropout_prob=0.1, learn_sigma=True,
-        attention_backend="auto", scan_layers=True, remat=False,
+        block_type="dit",         # or "sana": ReLU linear attention + Mix-FFN blocks
+        attention_backend="auto",  # or "xla", "einsum", "block_sparse", "linear"
+        attention_options=(),      # e.g. (("window", 1), ("block_size", 4)) for block_sparse
+        scan_layers=True, remat=False,
     )
 
     c.diffusion = dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss="hybrid")

@@ -211,3 +211,18 @@ def test_cli_trains_fsdp_on_eight_fake_devices(tmp_path):
     # The checkpoint written by 8 devices (fsdp=8) restores here, on one device.
     state, _ = final_state(tmp_path / "fsdp")
     assert int(state.step) == 3
+
+
+@pytest.mark.parametrize("model_overrides", [
+    ["--config.model.attention_backend='linear'"],
+    ["--config.model.attention_backend='block_sparse'", "--config.model.attention_options=(('window', 1), ('block_size', 4))"],
+    ["--config.model.block_type='sana'"],
+], ids=["linear", "block_sparse", "sana"])
+def test_kernel_backends_train_on_digits(tmp_path, model_overrides):
+    from unigen.training.loop import train
+    cfg = tiny_config("--config.train.steps=30", "--config.train.lr=2e-3", "--config.train.checkpoint_every=30",
+                      *model_overrides)
+    train(cfg, str(tmp_path), progress=False)
+    rows = read_metrics(tmp_path)
+    first, last = np.mean([r["mse"] for r in rows[:5]]), np.mean([r["mse"] for r in rows[-5:]])
+    assert last < 0.8 * first, (first, last)

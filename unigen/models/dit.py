@@ -11,6 +11,12 @@ Two numerically distinct conventions are named options, not silent defaults (REF
                       MLP LayerNorm uses eps 1e-5, and every block owns its timestep+label
                       embedder (the final layer reads block 0's).
 
+`attention_backend` picks the attention kernel ("auto", "xla", "einsum", "cudnn",
+"block_sparse", "linear"); `attention_options` are its options, where a block-sparse
+local window is given by its radius (`(("window", 1), ("block_size", 16))`) and built for
+the token grid here. `block_type="sana"` swaps every block for SANA's (ReLU linear
+attention + Mix-FFN; unigen/models/sana_block.py) with the same adaLN-Zero conditioning.
+
 `scan_layers=True` stacks the blocks on a leading "layers" axis and runs them with
 `lax.scan` (compile time independent of depth); `remat=True` rematerialises each block.
 """
@@ -18,6 +24,7 @@ Two numerically distinct conventions are named options, not silent defaults (REF
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -61,6 +68,7 @@ class DiTConfig:
     per_block_conditioning: bool = False
     attention_backend: str = "auto"
     attention_options: tuple = ()   # (key, value) pairs passed to the attention backend
+    block_type: str = "dit"         # "dit" (adaLN-Zero + softmax attention) or "sana"
     scan_layers: bool = False
     remat: bool = False
     dtype: str = "float32"          # compute dtype; parameters stay float32
@@ -91,6 +99,18 @@ class DiTConfig:
             bad("num_classes", "must be >= 0 (0 = unconditional)")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             bad("dtype", "use 'float32', 'bfloat16' or 'float16'")
+        if self.block_type not in ("dit", "sana"):
+            bad("block_type", "use 'dit' or 'sana'")
+        if self.block_type == "sana" and self.per_block_conditioning:
+            bad("block_type", "SANA blocks take the shared conditioning (compat='official')")
+        from unigen.nn.attention import available_backends
+        if self.attention_backend not in available_backends():
+            bad("attention_backend", f"choose one of {available_backends()}")
+        options = dict(self.attention_options)
+        if "window" in options and self.attention_backend != "block_sparse":
+            bad("attention_options", "a 'window' is a block-sparse option: set attention_backend='block_sparse'")
+        if self.attention_backend == "block_sparse" and not ({"window", "block_mask"} & set(options)):
+            bad("attention_options", "block_sparse attention needs a 'window' (radius) or a 'block_mask'")
         return self
 
 
@@ -112,6 +132,18 @@ def dit_config(name: str = "DiT-XL/2", *, compat: str = "official", **overrides:
         raise ValueError(f"unknown DiTConfig fields {sorted(unknown)}")
     fields.update(overrides)
     return DiTConfig(**fields).validate()
+
+
+@functools.lru_cache(maxsize=32)
+def attention_kwargs(cfg: DiTConfig) -> dict:
+    """The backend's keyword options; a block-sparse `window` becomes the static block map
+    of a local window over the (grid x grid) token raster (Scale-DiT / sliding-tile style)."""
+    options = dict(cfg.attention_options)
+    if "window" in options:
+        from unigen.kernels import local_window_block_mask
+        block = options.setdefault("block_size", 64)
+        options["block_mask"] = local_window_block_mask((cfg.grid, cfg.grid), options.pop("window"), block)
+    return options
 
 
 class Conditioning(nnx.Module):
@@ -153,10 +185,18 @@ class DiTBlock(nnx.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
         q, k, v = jnp.unstack(self.qkv(modulate(layer_norm(x, self.cfg.norm_eps), shift1, scale1)), axis=2)
         q, k, v = (constrain(a, ("batch", "length", "heads", "kv")) for a in (q, k, v))
-        o = attention(q, k, v, backend=self.cfg.attention_backend, **dict(self.cfg.attention_options))
+        o = attention(q, k, v, backend=self.cfg.attention_backend, **attention_kwargs(self.cfg))
         x = x + gate(self.proj(o), gate1)
         x = x + gate(self.mlp(modulate(layer_norm(x, self.cfg.mlp_norm_eps), shift2, scale2)), gate2)
         return constrain(x, ("batch", "length", "embed"))
+
+
+def _make_block(cfg: DiTConfig, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.block_type == "sana":
+        from unigen.models.sana_block import SanaBlock
+        return SanaBlock(cfg.hidden_size, cfg.num_heads, rngs=rngs, mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps,
+                         dtype=jnp.dtype(cfg.dtype), **dict(cfg.attention_options))
+    return DiTBlock(cfg, rngs=rngs)
 
 
 class FinalLayer(nnx.Module):
@@ -194,10 +234,10 @@ class DiT(nnx.Module):
             @nnx.split_rngs(splits=cfg.depth)
             @nnx.vmap(in_axes=(0,), out_axes=0)
             def make_blocks(rngs):
-                return DiTBlock(cfg, rngs=rngs)
+                return _make_block(cfg, rngs)
             self.blocks = make_blocks(rngs)
         else:
-            self.blocks = nnx.List([DiTBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
+            self.blocks = nnx.List([_make_block(cfg, rngs) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg, rngs=rngs)
 
     def pos_embed(self) -> jax.Array:
@@ -240,7 +280,11 @@ class DiT(nnx.Module):
         return self.blocks[0].cond(t, y, drop_key)
 
     def _run_blocks(self, h, c, t, y, drop_key):
+        grid = (self.cfg.grid, self.cfg.grid)
+
         def run(block, h):
+            if self.cfg.block_type == "sana":
+                return block(h, c, grid)
             return block(h, c, t, y, drop_key)
         if self.cfg.remat:
             run = nnx.remat(run)

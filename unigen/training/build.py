@@ -60,6 +60,8 @@ def validate(cfg, num_devices: int | None = None):
     """Check every field; returns (DiTConfig, diffusion process)."""
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "use a non-negative int")
     d, t, s = cfg.data, cfg.train, cfg.sample
+    _need(not d.get("latent_encoder"), "data.latent_encoder", d.get("latent_encoder"),
+          "latent (VAE) training arrives with the tokenizers work; set '' to train in pixel space")
     _need(d.image_size in (8, 16, 32, 64, 128, 256, 512), "data.image_size", d.image_size,
           "use a power of two between 8 and 512")
     _need(d.channels in (1, 3, 4), "data.channels", d.channels, "use 1 (grey), 3 (RGB) or 4 (latents)")
