@@ -17,35 +17,11 @@ Importing this module registers two backends in `unigen.nn.attention`:
 from __future__ import annotations
 
 from unigen.nn.attention import register_backend
-from unigen_kernels import (
-    BlockLayout,
-    LinearState,
-    block_layout,
-    block_scores,
-    block_sparse_attention,
-    dense_warmup,
-    explicit_block_mask,
-    init_linear_state,
-    linear_attention,
-    local_window_block_mask,
-    tile_order,
-    topk_block_mask,
-)
+import unigen_kernels
+from unigen_kernels import *  # noqa: F401,F403  (the public kernel API, re-exported)
+from unigen_kernels import block_sparse_attention, linear_attention
 
-__all__ = [
-    "BlockLayout",
-    "LinearState",
-    "block_layout",
-    "block_scores",
-    "block_sparse_attention",
-    "dense_warmup",
-    "explicit_block_mask",
-    "init_linear_state",
-    "linear_attention",
-    "local_window_block_mask",
-    "tile_order",
-    "topk_block_mask",
-]
+__all__ = list(unigen_kernels.__all__)
 
 
 def _block_sparse_backend(q, k, v, *, scale, block_mask=None, block_size=None, impl="xla",

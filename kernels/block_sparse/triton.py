@@ -12,24 +12,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from .._triton import require_triton
 from .layout import BlockLayout, broadcast_layout
 
 
 def _import_triton():
-    if jax.default_backend() != "gpu":
-        raise ValueError(
-            "impl='triton' needs a CUDA GPU; use impl='pallas' (interpret mode) or 'xla' on CPU"
-        )
-    try:
-        import jax_triton as jt
-
-        from . import triton_kernels as tk
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise ValueError(
-            "impl='triton' needs jax-triton and triton: pip install 'unigen[gpu]' "
-            f"(import failed: {err})"
-        ) from err
-    return jt, tk
+    return require_triton(__package__ + ".triton_kernels")
 
 
 def _warps(dim: int) -> int:

@@ -12,6 +12,7 @@ import types
 import jax
 import jax.numpy as jnp
 
+from .._triton import require_triton
 from .chunked import make_linear_attention
 from .pallas import choose_tile, pad_to
 from .state import LinearState
@@ -20,20 +21,7 @@ _F32 = jnp.float32
 
 
 def _import_triton():
-    if jax.default_backend() != "gpu":
-        raise ValueError(
-            "impl='triton' needs a CUDA GPU; use impl='pallas' (interpret mode) or 'xla' on CPU"
-        )
-    try:
-        import jax_triton as jt
-
-        from . import triton_kernels as tk
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise ValueError(
-            "impl='triton' needs jax-triton and triton: pip install 'unigen[gpu]' "
-            f"(import failed: {err})"
-        ) from err
-    return jt, tk
+    return require_triton(__package__ + ".triton_kernels")
 
 
 def _launchers():
