@@ -19,7 +19,7 @@ all-reduce + slice where the GPU pipeline would emit reduce-scatter, so on GPU t
 size. With `--analytic-only` (or for counts whose compile fails / is skipped) the
 collective columns are left empty and only the exact memory columns are given.
 
-    python bench/scaling.py                 # 8, 64, 256 devices; writes bench/RESULTS_scaling.md
+    python bench/scaling.py                 # 8, 64, 256 devices; writes bench/scaling_table.md (paste into RESULTS.md)
     python bench/scaling.py --devices 8     # just one count
 """
 
@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--presets", nargs="*", default=["dp", "fsdp", "fsdp_tp", "cp"])
     ap.add_argument("--per-device-batch", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=600, help="seconds per device count")
-    ap.add_argument("--out", default=str(HERE / "RESULTS_scaling.md"))
+    ap.add_argument("--out", default=str(HERE / "scaling_table.md"))
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
 

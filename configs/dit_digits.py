@@ -7,9 +7,12 @@ samples and the evaluation). The work dir gets checkpoints, `metrics.jsonl`,
 `loss.png`, sample grids `samples_<step>.png` (one row per class) and `eval.json`.
 Rerunning the same command resumes from the last checkpoint.
 
-Model: DiT with patch 2 on 8x8 grey digits (16 tokens), learned sigma, label dropout 0.1;
-the DiT/IDDPM Gaussian diffusion (linear betas, hybrid loss); sampled with
-DPM-Solver++(2M) and classifier-free guidance.
+Model: a small DiT (depth 4, width 128, patch 2 on 8x8 grey digits = 16 tokens, label
+dropout 0.1) trained with the rectified-flow objective (SD3/SiT: linear path, velocity
+target, logit-normal timesteps), sampled with DPM-Solver++(2M), 15 steps, x0 clipped to
+[-1, 1], classifier-free guidance 1.25. Measured on the same CPU budget (bench notes in
+README): the DiT/IDDPM Gaussian diffusion (`--config.diffusion.kind='gaussian'
+--config.model.learn_sigma=True`) reached FD 1.35 where the flow reached 0.39.
 """
 
 import ml_collections
@@ -25,26 +28,29 @@ def get_config():
     c.model = dict(
         name="DiT-S/2",           # size/patch preset; the fields below override it
         compat="official",
-        depth=6, hidden_size=192, num_heads=6, patch_size=2, mlp_ratio=4.0,
-        class_dropout_prob=0.1, learn_sigma=True,
+        depth=4, hidden_size=128, num_heads=4, patch_size=2, mlp_ratio=4.0,
+        class_dropout_prob=0.1, learn_sigma=False,
         block_type="dit",         # or "sana": ReLU linear attention + Mix-FFN blocks
         attention_backend="auto",  # or "xla", "einsum", "block_sparse", "linear"
         attention_options=(),      # e.g. (("window", 1), ("block_size", 4)) for block_sparse
         scan_layers=True, remat=False,
     )
 
-    c.diffusion = dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss="hybrid")
+    # kind="flow": rectified flow (time_sampling, loc, scale, shift, time_scale);
+    # kind="gaussian": DiT/IDDPM (num_timesteps, beta_schedule, loss; needs learn_sigma=True for "hybrid").
+    c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0,
+                       time_scale=1000.0, num_timesteps=1000, beta_schedule="linear", loss="hybrid")
 
     c.train = dict(
-        steps=3000, batch_size=128, grad_accum=1,
-        lr=1e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.0,
+        steps=3000, batch_size=64, grad_accum=1,
+        lr=2e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.0,
         b1=0.9, b2=0.99, grad_clip=1.0,
         ema_decay=0.999, compute_dtype="float32",
         log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
     )
 
-    c.sample = dict(sampler="dpm_solver_2m", steps=25, cfg_scale=2.0, guided_channels=-1,
-                    eta=0.0, per_class=10)
+    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.25, guided_channels=-1,
+                    eta=0.0, clip_denoised=True, per_class=10)
 
     c.eval = dict(at_end=True, num_samples=5000, seeds=3, batch_size=1000)
 

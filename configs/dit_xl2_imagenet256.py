@@ -35,7 +35,8 @@ def get_config():
         ema_decay=0.9999, compute_dtype="bfloat16",
         log_every=100, checkpoint_every=5000, keep_checkpoints=3, sample_every=10_000,
     )
-    c.sample = dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels=3, eta=0.0, per_class=4)
+    c.sample = dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels=3, eta=0.0, clip_denoised=False,
+                    per_class=4)
     c.eval = dict(at_end=False, num_samples=5000, seeds=3, batch_size=64)
     c.mesh = dict(data=-1, fsdp=8, tensor=1, context=1, rules="fsdp")
     return c

@@ -51,7 +51,7 @@ def test_few_steps_lower_the_loss(tmp_path):
     result = train(cfg, str(tmp_path), progress=False)
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 41))
-    first, last = np.mean([r["mse"] for r in rows[:5]]), np.mean([r["mse"] for r in rows[-5:]])
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
     assert last < 0.7 * first, (first, last)
     assert result["step"] == 40
     for name in ("loss.png", "samples_0000040.png", "config.json"):
@@ -224,5 +224,5 @@ def test_kernel_backends_train_on_digits(tmp_path, model_overrides):
                       *model_overrides)
     train(cfg, str(tmp_path), progress=False)
     rows = read_metrics(tmp_path)
-    first, last = np.mean([r["mse"] for r in rows[:5]]), np.mean([r["mse"] for r in rows[-5:]])
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
     assert last < 0.8 * first, (first, last)

@@ -25,7 +25,7 @@ _SAMPLERS = {"ddpm": samplers.ddpm, "ddim": samplers.ddim, "dpm_solver_2m": samp
 class Generator:
     def __init__(self, model: nnx.Module, process, *, sampler: str = "dpm_solver_2m", steps: int = 25,
                  cfg_scale: float = 1.0, guided_channels: int | str | None = None, eta: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None):
+                 guidance_interval: tuple[float, float] | None = None, clip_denoised: bool = False):
         if sampler not in _SAMPLERS:
             raise ValueError(f"sampler={sampler!r}; choose one of {sorted(_SAMPLERS)}")
         if sampler in ("ddpm", "ddim") and not isinstance(process, GaussianDiffusion):
@@ -38,6 +38,9 @@ class Generator:
         self.graphdef, self.params = nnx.split(model, nnx.Param)
         self.cfg, self.process = model.cfg, process
         self.sampler, self.steps, self.eta = sampler, int(steps), float(eta)
+        # Clip each x0 prediction to the data range [-1, 1] (IDDPM's clip_denoised; the
+        # "thresholding" of DPM-Solver++): for pixel data it removes off-range drift.
+        self.clip_denoised = bool(clip_denoised)
         if guided_channels is None or guided_channels == -1:
             guided_channels = model.cfg.in_channels  # all eps channels; learned variance stays conditional
         graphdef = self.graphdef
@@ -68,6 +71,8 @@ class Generator:
             kwargs = dict(steps=self.steps) if self.sampler not in ("ddpm", "ddim") else {}
             if self.sampler == "ddim":
                 kwargs["eta"] = self.eta
+            if self.sampler in ("ddpm", "ddim", "dpm_solver_2m"):
+                kwargs["clip_denoised"] = self.clip_denoised
             x = _SAMPLERS[self.sampler](self.process, self.model_fn, (len(y), size, size, ch),
                                         jax.random.fold_in(rng, i), cond=dict(params=params, y=jnp.asarray(y)),
                                         progress=progress, **kwargs)

@@ -86,7 +86,8 @@ def main(argv=None) -> int:
             return 2
         process = diffusion_process(cfg, model.cfg.learn_sigma)
         settings = dict(sampler=cfg.sample.sampler, steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale,
-                        guided_channels=cfg.sample.guided_channels)
+                        guided_channels=cfg.sample.guided_channels,
+                        clip_denoised=cfg.sample.get("clip_denoised", False))
     else:
         import unigen
         model = unigen.from_pretrained(args.pretrained)

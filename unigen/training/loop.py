@@ -131,10 +131,12 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
     step_fn = jax.jit(step_with_rules, in_shardings=(shardings, batch_shardings),
                       out_shardings=(shardings, None), donate_argnums=0)
 
-    generator = _generator(cfg, graphdef, state, process) if cfg.train.sample_every and main_process else None
+    # Grids and the final evaluation sample on one process (the weights must be addressable there).
+    single = main_process and jax.process_count() == 1
+    generator = _generator(cfg, graphdef, state, process) if cfg.train.sample_every and single else None
     total, t = cfg.train.steps, cfg.train
     bar = _progress(start, total, progress and main_process)
-    last_good, all_finite, window = start, jnp.array(True), (time.perf_counter(), start)
+    last_good, last_checked, all_finite, window = start, start, jnp.array(True), (time.perf_counter(), start)
     metrics = {}
     try:
         for step in range(start + 1, total + 1):
@@ -145,10 +147,10 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
             if step % t.log_every == 0 or last or step % t.checkpoint_every == 0:
                 if not bool(all_finite):
                     raise TrainingDiverged(
-                        f"loss became NaN/Inf between step {step - t.log_every} and {step}; stopped. "
+                        f"loss became NaN/Inf between step {last_checked + 1} and {step}; stopped. "
                         f"The last good checkpoint (step {last_good}) in {ckpt.directory} is intact: "
                         f"lower config.train.lr or set config.train.grad_clip, then rerun to resume")
-                now = time.perf_counter()
+                last_checked, now = step, time.perf_counter()
                 rate = (step - window[1]) / max(now - window[0], 1e-9)
                 window = (now, step)
                 row = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
@@ -168,7 +170,7 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
         if main_process and metrics_log is not None:
             metrics_log.plot(os.path.join(workdir, "loss.png"))
     result = {"step": total, **{k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}}
-    if cfg.eval.at_end and main_process and jax.process_count() == 1:
+    if cfg.eval.at_end and single:
         result["eval"] = _final_evaluation(cfg, generator or _generator(cfg, graphdef, state, process), state, workdir)
     return result
 
@@ -183,7 +185,7 @@ def _generator(cfg, graphdef, state, process):
     model = nnx.merge(graphdef, jax.device_get(state.ema))
     s = cfg.sample
     return Generator(model, process, sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
-                     guided_channels=s.guided_channels, eta=s.eta)
+                     guided_channels=s.guided_channels, eta=s.eta, clip_denoised=s.get("clip_denoised", False))
 
 
 def _sample_grid(cfg, generator, state, path):
