@@ -10,7 +10,7 @@ Rerunning the same command resumes from the last checkpoint.
 Model: a small DiT (depth 4, width 128, patch 2 on 8x8 grey digits = 16 tokens, label
 dropout 0.1) trained with the rectified-flow objective (SD3/SiT: linear path, velocity
 target, logit-normal timesteps), sampled with DPM-Solver++(2M), 15 steps, x0 clipped to
-[-1, 1], classifier-free guidance 1.25. Measured on the same CPU budget (bench notes in
+[-1, 1], classifier-free guidance 1.15. Measured on the same CPU budget (bench notes in
 README): the DiT/IDDPM Gaussian diffusion (`--config.diffusion.kind='gaussian'
 --config.model.learn_sigma=True`) reached FD 1.35 where the flow reached 0.39.
 """
@@ -49,7 +49,7 @@ def get_config():
         log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
     )
 
-    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.25, guided_channels=-1,
+    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.15, guided_channels=-1,
                     eta=0.0, clip_denoised=True, per_class=10)
 
     c.eval = dict(at_end=True, num_samples=5000, seeds=3, batch_size=1000)
