@@ -226,3 +226,14 @@ def test_kernel_backends_train_on_digits(tmp_path, model_overrides):
     rows = read_metrics(tmp_path)
     first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
     assert last < 0.8 * first, (first, last)
+
+
+def test_grad_accumulation_and_bf16_compute_run(tmp_path):
+    from unigen.training.loop import train
+    for name, extra in [("accum", ["--config.train.grad_accum=4"]), ("bf16", ["--config.train.compute_dtype='bfloat16'"])]:
+        cfg = tiny_config("--config.train.steps=3", "--config.train.checkpoint_every=3", *extra)
+        result = train(cfg, str(tmp_path / name), progress=False)
+        assert result["step"] == 3 and np.isfinite(result["loss"]), name
+        state, _ = final_state(tmp_path / name)
+        # parameters stay float32 whatever the compute dtype
+        assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
