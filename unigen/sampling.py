@@ -54,9 +54,6 @@ class Generator:
                                            channels=guided_channels, interval=guidance_interval,
                                            shared=("params",))
 
-    def set_params(self, params) -> None:
-        self.params = params
-
     def __call__(self, labels, rng, *, batch_size: int = 500, params=None, progress: bool = False) -> np.ndarray:
         """Samples for `labels` (N,), generated `batch_size` at a time; numpy (N, H, W, C) in [-1, 1]."""
         labels = np.asarray(labels, np.int32)

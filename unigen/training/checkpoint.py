@@ -9,11 +9,9 @@ checkpoints; leftovers are cleaned up on the next start.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 CONFIG_NAME = "config.json"
@@ -106,12 +104,6 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
-
-
-def check_finite(tree, what: str) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not np.all(np.isfinite(np.asarray(leaf))):
-            raise CheckpointError(f"{what}: {jax.tree_util.keystr(path)} holds NaN/Inf")
 
 
 def save_config(workdir: str, cfg_json: str) -> None:
