@@ -155,7 +155,7 @@ def peak_bandwidth(kind: str) -> float | None:
     return None
 
 
-def gpu_section(runs: int, quick: bool):
+def gpu_section(runs: int, quick: bool, lengths=None, sparsities=None):
     dev = jax.devices()[0]
     print(f"\n== GPU: {dev.device_kind}, jax {jax.__version__} ==")
     try:
@@ -166,8 +166,8 @@ def gpu_section(runs: int, quick: bool):
         impls = ["pallas"]
     rng = np.random.default_rng(0)
     heads, block, dtype = 16, 128, jnp.bfloat16
-    lengths = [4096, 16384] if quick else [4096, 8192, 16384, 32768]
-    sparsities = [0.0, 0.9] if quick else [0.0, 0.5, 0.75, 0.9, 0.95]
+    lengths = lengths or ([4096, 16384] if quick else [4096, 8192, 16384, 32768])
+    sparsities = sparsities or ([0.0, 0.9] if quick else [0.0, 0.5, 0.75, 0.9, 0.95])
     cudnn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"))
     for dim in (64, 128):
         for t in lengths:
@@ -218,6 +218,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer shapes and runs")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per measurement")
     parser.add_argument("--section", choices=["auto", "cpu", "gpu"], default="auto")
+    parser.add_argument("--lengths", type=int, nargs="*", help="GPU: sequence lengths")
+    parser.add_argument("--sparsities", type=float, nargs="*", help="GPU: target block sparsities")
     args = parser.parse_args()
     runs = args.runs or (2 if args.quick else 5)
     on_gpu = jax.default_backend() == "gpu"
@@ -226,7 +228,7 @@ def main():
     if args.section == "gpu" or (args.section == "auto" and on_gpu):
         if not on_gpu:
             raise SystemExit("--section gpu needs a GPU (jax backend is %r)" % jax.default_backend())
-        gpu_section(runs, args.quick)
+        gpu_section(runs, args.quick, args.lengths, args.sparsities)
 
 
 if __name__ == "__main__":

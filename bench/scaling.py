@@ -21,6 +21,10 @@ collective columns are left empty and only the exact memory columns are given.
 
     python bench/scaling.py                 # 8, 64, 256 devices; writes bench/scaling_table.md (paste into RESULTS.md)
     python bench/scaling.py --devices 8     # just one count
+    python bench/scaling.py --real          # on the real devices this process sees (e.g. one
+                                            # GPU): compile AND run the dp step; XLA's memory
+                                            # analysis next to the allocator's measured peak,
+                                            # step time, images/s and TFLOP/s
 """
 
 from __future__ import annotations
@@ -122,6 +126,84 @@ def worker(n: int, per_device_batch: int, presets: list[str]) -> list[dict]:
     return rows
 
 
+def real_run(model: str, per_device_batch: int, steps: int, compute_dtype: str) -> None:
+    """The dp train step of `model` (DiT-XL/2 by default) compiled for, and run on, the devices this process sees
+    (no fake devices): checks the memory columns against what the allocator really used."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from unigen import parallel as par
+    from unigen.models.dit import DiT, dit_config
+
+    sys.path.insert(0, str(HERE))
+    from dit_speed import dit_flops
+
+    n = jax.device_count()
+    dev = jax.devices()[0]
+    cfg = dit_config(model, input_size=32, in_channels=4, num_classes=1000, scan_layers=True,
+                     dtype=compute_dtype)
+    mesh = par.make_mesh({"data": n})
+    rules = par.get_rules("dp")
+    graphdef, params = nnx.split(DiT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    tx = optax.adamw(1e-4, weight_decay=0.0)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    state_sh, _ = par.plan_shardings(jax.eval_shape(lambda: state), mesh, rules)
+    state = jax.device_put(state, state_sh)
+    gb = per_device_batch * n
+    s, c = cfg.input_size, cfg.in_channels
+    rng = np.random.default_rng(0)
+    bsh = {k: par.batch_sharding(mesh, rules, nd) for k, nd in (("x", 4), ("t", 1), ("y", 1), ("target", 4))}
+    batch = {"x": rng.normal(size=(gb, s, s, c)).astype(np.float32),
+             "t": rng.integers(0, 1000, gb).astype(np.int32),
+             "y": rng.integers(0, 1000, gb).astype(np.int32),
+             "target": rng.normal(size=(gb, s, s, cfg.out_channels)).astype(np.float32)}
+    batch = {k: jax.device_put(v, bsh[k]) for k, v in batch.items()}
+
+    def step(state, batch):
+        with par.use_rules(mesh, rules):
+            def loss_fn(p):
+                out = nnx.merge(graphdef, p)(batch["x"], batch["t"], batch["y"])
+                return jnp.mean(jnp.square(out.astype(jnp.float32) - batch["target"]))
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+            updates, opt = tx.update(grads, state["opt_state"], state["params"])
+            return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt,
+                    "step": state["step"] + 1}, loss
+
+    t0 = time.time()
+    compiled = jax.jit(step, in_shardings=(state_sh, bsh), out_shardings=(state_sh, NamedSharding(mesh, P())),
+                       donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.time() - t0
+    mem = compiled.memory_analysis()
+    for _ in range(2):  # warm-up
+        state, loss = compiled(state, batch)
+    jax.block_until_ready(loss)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, loss = compiled(state, batch)
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t0)
+    sec = float(np.median(times))
+    flops = 3 * dit_flops(cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.patch_size, s, c,
+                          per_block_cond=False) * gb
+    stats = dev.memory_stats() or {}
+    print(f"\n== {model} dp train step on {n} x {dev.device_kind} (jax {jax.__version__}), "
+          f"batch {gb}, {compute_dtype} compute, f32 params + AdamW, blocks scanned ==")
+    print(f"compile {compile_s:.1f} s; step median {sec * 1e3:.1f} ms over {steps} "
+          f"(min {min(times) * 1e3:.1f}); {gb / sec:.1f} images/s; "
+          f"{flops / sec / 1e12:.0f} TFLOP/s (matmul FLOPs, 3x forward); loss {float(loss):.4f}")
+    if mem is not None:
+        print(f"XLA memory analysis per device: args {mem.argument_size_in_bytes / MiB:.1f} MiB, "
+              f"temp {mem.temp_size_in_bytes / MiB:.1f} MiB, output {mem.output_size_in_bytes / MiB:.1f} MiB")
+    if "peak_bytes_in_use" in stats:
+        print(f"allocator peak in use: {stats['peak_bytes_in_use'] / MiB:.1f} MiB "
+              f"(of {stats.get('bytes_limit', 0) / MiB:.0f} MiB)")
+
+
 def table(rows: list[dict]) -> str:
     kinds = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
     short = {"all-gather": "AG", "reduce-scatter": "RS", "all-reduce": "AR", "all-to-all": "A2A",
@@ -148,8 +230,18 @@ def main() -> None:
     ap.add_argument("--per-device-batch", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=600, help="seconds per device count")
     ap.add_argument("--out", default=str(HERE / "scaling_table.md"))
+    ap.add_argument("--real", action="store_true",
+                    help="compile and run the dp step on the real devices (e.g. one GPU)")
+    ap.add_argument("--model", default="DiT-XL/2", help="model name with --real")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps with --real")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="compute dtype with --real")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+
+    if args.real:
+        real_run(args.model, args.per_device_batch, args.steps, args.dtype)
+        return
 
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.per_device_batch, args.presets)))

@@ -232,6 +232,21 @@ def test_errors_are_clear():
         block_sparse_attention(q[:, :32], q[:, :32], q[:, :32], lay)
 
 
+def test_gpu_tile_too_big_for_shared_memory_is_a_clear_error():
+    """float32 128 x 128 tiles do not fit an H100's shared memory (measured): a ValueError
+    before compiling, naming the fix; interpret mode and bfloat16 are not affected."""
+    bmap = np.ones((1, 1, 1, 1), bool)
+    q = jnp.zeros((1, 128, 1, 128), jnp.float32)
+    with pytest.raises(ValueError, match="shared memory.*bfloat16 inputs or a block of 64"):
+        block_sparse_attention(q, q, q, bmap, block_size=128, impl="pallas", interpret=False)
+    x = jax.ShapeDtypeStruct((1, 128, 1, 128), jnp.bfloat16)
+    jax.jit(lambda q: block_sparse_attention(q, q, q, bmap, block_size=128, impl="pallas",
+                                             interpret=False)).trace(x).lower(lowering_platforms=("cuda",))
+    out = block_sparse_attention(q[:, :32], q[:, :32], q[:, :32], bmap, block_size=128,
+                                 impl="pallas", interpret=True)
+    assert out.shape == (1, 32, 1, 128)
+
+
 @pytest.mark.skipif(ON_GPU, reason="checks the CPU error path")
 def test_triton_without_gpu_is_a_clear_error():
     q = jnp.zeros((1, 32, 1, 16))

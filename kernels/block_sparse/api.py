@@ -34,6 +34,29 @@ def check_impl(impl: str, name: str) -> None:
         )
 
 
+# The largest (block x head dim) tile, in bytes, the compiled GPU kernels are known to fit in
+# shared memory. Measured on an H100 (227 KiB per block): bfloat16 128 x 128 and float32
+# 64 x 128 ran; float32 128 x 128 (64 KiB tiles) asked for 320 KiB in both the Pallas and
+# the Triton kernels and failed at run time with an opaque resource error.
+MAX_GPU_TILE_BYTES = 32 * 1024
+
+
+def check_gpu_tile(impl: str, interpret, layout: BlockLayout, q, name: str) -> None:
+    compiled = impl == "triton" or (
+        impl == "pallas" and not (jax.default_backend() != "gpu" if interpret is None else interpret))
+    if not compiled:
+        return
+    block = max(layout.block_q, layout.block_k)
+    tile = block * q.shape[-1] * q.dtype.itemsize
+    if tile > MAX_GPU_TILE_BYTES:
+        raise ValueError(
+            f"{name}: impl={impl!r} on GPU with {q.dtype} inputs, head dim {q.shape[-1]} and "
+            f"block {block} makes {tile // 1024} KiB tiles, more than the kernels fit in shared "
+            f"memory ({MAX_GPU_TILE_BYTES // 1024} KiB); use bfloat16 inputs or a block of "
+            f"{MAX_GPU_TILE_BYTES // (q.shape[-1] * q.dtype.itemsize)} or less"
+        )
+
+
 def block_sparse_attention(
     q,
     k,
@@ -75,6 +98,7 @@ def block_sparse_attention(
             raise ValueError(f"{name}: block_size is required with a boolean block_mask")
         layout = block_layout(block_mask, seq_q, seq_k, block_size, max_kv_blocks=max_kv_blocks)
     layout.check_fits(batch, heads, seq_q, seq_k)
+    check_gpu_tile(impl, interpret, layout, q, name)
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
 
     if impl == "reference":

@@ -10,7 +10,10 @@ row is `H·D` elements apart; list arrays are (B, H, n, K) contiguous.
 import triton
 import triton.language as tl
 
-MASK_VALUE = -1.0e30
+# A constexpr: a @triton.jit function may read a module global only if it is one (a plain
+# float is a NameError at compile time, seen on triton 3.6).
+MASK_VALUE = tl.constexpr(-1.0e30)
+INF = tl.constexpr(float("inf"))  # log-sum-exp of a row that selects no block
 
 
 @triton.jit
@@ -59,7 +62,7 @@ def bs_fwd_kernel(
     o = acc / l_safe[:, None]
     tl.store(o_ptr + b * seq_q_pad * row + h * DIM + offs_q[:, None] * row + offs_d[None, :],
              o.to(o_ptr.dtype.element_ty))
-    lse = tl.where(empty, float("inf"), m + tl.log(l_safe))
+    lse = tl.where(empty, INF, m + tl.log(l_safe))
     tl.store(lse_ptr + bh * seq_q_pad + offs_q, lse)
 
 
