@@ -23,7 +23,10 @@ and the bench checks the two forwards agree before timing anything):
 
 Fairness: the torch side and the jax side run in two worker processes (so neither's thread
 pool spins while the other measures). The parent alternates measurement rounds between
-them (ABBA order), and reports medians over rounds. torch.set_num_threads(#cores); XLA:CPU
+them (ABBA order), and reports medians over rounds. Each round starts with one untimed call
+(`--iters 2`, the default): the first jax train step after the torch worker has run took up to
+twice the steady-state time on a quiet machine (15.1 s against 8.7 s), and training is a long
+run of steps. torch.set_num_threads(#cores); XLA:CPU
 sizes its own pool to #cores. Both sides use float32.
 
 FLOPs (for MFU) are counted analytically, 2 per multiply-add, matmuls only (see `dit_flops`);
@@ -401,7 +404,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds for forward/train")
-    ap.add_argument("--iters", type=int, default=1, help="timed calls per round (median)")
+    ap.add_argument("--iters", type=int, default=2,
+                    help="timed calls per round (median), after one untimed call per round")
     ap.add_argument("--sample-batch", type=int, default=4)
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--sample-rounds", type=int, default=1)
@@ -415,9 +419,10 @@ def main(argv=None):
     ap.add_argument("--xl-loop", action="store_true", help="also compile DiT-XL/2 without scan (~100 s)")
     ap.add_argument("--xl-batch", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--hugepages", action="store_true",
-                    help="start both workers with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge "
-                         "pages for large mallocs: XLA:CPU touches fresh temp pages every step)")
+    ap.add_argument("--malloc", choices=["default", "unigen", "hugepages"], default="default",
+                    help="glibc malloc settings for BOTH workers: the defaults, unigen's "
+                         "(unigen/cpu_malloc.py, what its train/infer commands use on a CPU), or "
+                         "transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)")
     ap.add_argument("--quick", action="store_true", help="tiny model and shapes: a smoke test")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--worker", choices=["torch", "jax"], help=argparse.SUPPRESS)
@@ -431,10 +436,14 @@ def main(argv=None):
     t_start = time.perf_counter()
     cfg = QUICK if args.quick else S2
     flops_img = dit_flops(**cfg)
-    print(f"# DiT-S/2 speed: unigen (jax) vs diffusers (torch), CPU, {args.threads} threads each")
+    print(f"# DiT-S/2 speed: unigen (jax) vs diffusers (torch), CPU, {args.threads} threads each, "
+          f"malloc={args.malloc}, {args.iters} timed call(s) per round"
+          + (" after an untimed one" if args.iters > 1 else ""))
     print(f"# load average at start: {os.getloadavg()}")
     folder = tempfile.mkdtemp(prefix="dit_speed_")
-    env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"} if args.hugepages else {}
+    from unigen.cpu_malloc import tuned_environ
+    env = {"default": {}, "hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+           "unigen": {"GLIBC_TUNABLES": tuned_environ({})["GLIBC_TUNABLES"]}}[args.malloc]
     torch_w, jax_w = Proc("torch", env), Proc("jax", env)
     res = {"args": vars(args), "flops_per_image_forward": flops_img}
     try:

@@ -3,7 +3,10 @@
 See `unigen/infer/evaluate.py` for the flags (also installed as the `unigen-evaluate` command).
 """
 
-from unigen.infer.evaluate import main
+from unigen.cpu_malloc import reexec_with_cpu_malloc
 
 if __name__ == "__main__":
+    reexec_with_cpu_malloc()  # on a CPU-only machine: glibc settings for XLA:CPU (unigen/cpu_malloc.py)
+    from unigen.infer.evaluate import main
+
     raise SystemExit(main())
