@@ -6,7 +6,7 @@ See `unigen/training/cli.py` for the flags (the same entry point is the `unigen-
 from unigen.cpu_malloc import reexec_with_cpu_malloc
 
 if __name__ == "__main__":
-    reexec_with_cpu_malloc()  # on a CPU-only machine: glibc settings for XLA:CPU (unigen/cpu_malloc.py)
+    reexec_with_cpu_malloc()  # opt-in (UNIGEN_CPU_MALLOC=1): see unigen/cpu_malloc.py
     from unigen.training.cli import main
 
     raise SystemExit(main())

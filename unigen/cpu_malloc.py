@@ -68,8 +68,9 @@ def tuned_environ(environ) -> dict:
 
 def reexec_with_cpu_malloc() -> None:
     """With UNIGEN_CPU_MALLOC=1 on a CPU-only machine, replace this process by the same
-    command with the tuned allocator (see the module docstring); otherwise do nothing. Call it first
-    thing in a script's `if __name__ == "__main__":` block, never from library code."""
+    command with the tuned allocator (see the module docstring); otherwise do nothing.
+    Call it first thing in a script's `if __name__ == "__main__":` block, never from
+    library code."""
     if not wants_tuning(os.environ):
         return
     env = tuned_environ(os.environ)

@@ -120,7 +120,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 def console_main() -> int:
     """The installed command: `main` after the CPU allocator re-execution (unigen/cpu_malloc.py)."""
     from unigen.cpu_malloc import reexec_with_cpu_malloc
