@@ -55,6 +55,34 @@ def meshes(n: int) -> dict[str, dict[str, int]]:
     }
 
 
+def batch_shardings(mesh, rules) -> dict:
+    """Shardings of the train batch's four arrays (images NHWC, labels and times 1-D)."""
+    from unigen import parallel as par
+
+    return {k: par.batch_sharding(mesh, rules, nd) for k, nd in (("x", 4), ("t", 1), ("y", 1), ("target", 4))}
+
+
+def make_train_step(graphdef, tx, mesh, rules):
+    """The AdamW train step every row measures: MSE of the DiT output against a target."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from unigen import parallel as par
+
+    def step(state, batch):
+        with par.use_rules(mesh, rules):
+            def loss_fn(p):
+                out = nnx.merge(graphdef, p)(batch["x"], batch["t"], batch["y"])
+                return jnp.mean(jnp.square(out.astype(jnp.float32) - batch["target"]))
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+            updates, opt = tx.update(grads, state["opt_state"], state["params"])
+            return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt,
+                    "step": state["step"] + 1}, loss
+    return step
+
+
 def worker(n: int, per_device_batch: int, presets: list[str]) -> list[dict]:
     import jax
     import jax.numpy as jnp
@@ -92,7 +120,7 @@ def worker(n: int, per_device_batch: int, presets: list[str]) -> list[dict]:
         batch_ways = int(np.prod([mesh.shape[a] for a in ("data", "fsdp", "context")]))
         gb = per_device_batch * batch_ways
         s, c = cfg.input_size, cfg.in_channels
-        bsh = {k: par.batch_sharding(mesh, rules, nd) for k, nd in (("x", 4), ("t", 1), ("y", 1), ("target", 4))}
+        bsh = batch_shardings(mesh, rules)
         batch = {
             "x": jax.ShapeDtypeStruct((gb, s, s, c), jnp.float32, sharding=bsh["x"]),
             "t": jax.ShapeDtypeStruct((gb,), jnp.int32, sharding=bsh["t"]),
@@ -100,16 +128,7 @@ def worker(n: int, per_device_batch: int, presets: list[str]) -> list[dict]:
             "target": jax.ShapeDtypeStruct((gb, s, s, cfg.out_channels), jnp.float32, sharding=bsh["target"]),
         }
 
-        def step(state, batch):
-            with par.use_rules(mesh, rules):
-                def loss_fn(p):
-                    out = nnx.merge(graphdef, p)(batch["x"], batch["t"], batch["y"])
-                    return jnp.mean(jnp.square(out - batch["target"]))
-                loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-                updates, opt = tx.update(grads, state["opt_state"], state["params"])
-                new = {"params": optax.apply_updates(state["params"], updates),
-                       "opt_state": opt, "step": state["step"] + 1}
-            return new, loss
+        step = make_train_step(graphdef, tx, mesh, rules)
 
         t0 = time.time()
         compiled = jax.jit(step, in_shardings=(state_sh, bsh), out_shardings=(state_sh, NamedSharding(mesh, P())),
@@ -156,22 +175,14 @@ def real_run(model: str, per_device_batch: int, steps: int, compute_dtype: str) 
     gb = per_device_batch * n
     s, c = cfg.input_size, cfg.in_channels
     rng = np.random.default_rng(0)
-    bsh = {k: par.batch_sharding(mesh, rules, nd) for k, nd in (("x", 4), ("t", 1), ("y", 1), ("target", 4))}
+    bsh = batch_shardings(mesh, rules)
     batch = {"x": rng.normal(size=(gb, s, s, c)).astype(np.float32),
              "t": rng.integers(0, 1000, gb).astype(np.int32),
              "y": rng.integers(0, 1000, gb).astype(np.int32),
              "target": rng.normal(size=(gb, s, s, cfg.out_channels)).astype(np.float32)}
     batch = {k: jax.device_put(v, bsh[k]) for k, v in batch.items()}
 
-    def step(state, batch):
-        with par.use_rules(mesh, rules):
-            def loss_fn(p):
-                out = nnx.merge(graphdef, p)(batch["x"], batch["t"], batch["y"])
-                return jnp.mean(jnp.square(out.astype(jnp.float32) - batch["target"]))
-            loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-            updates, opt = tx.update(grads, state["opt_state"], state["params"])
-            return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt,
-                    "step": state["step"] + 1}, loss
+    step = make_train_step(graphdef, tx, mesh, rules)
 
     t0 = time.time()
     compiled = jax.jit(step, in_shardings=(state_sh, bsh), out_shardings=(state_sh, NamedSharding(mesh, P())),
