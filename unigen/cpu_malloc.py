@@ -79,3 +79,9 @@ def reexec_with_cpu_malloc() -> None:
     sys.stderr.flush()
     # orig_argv keeps the interpreter's own flags and a `-m module` form intact.
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def console_entry(main) -> int:
+    """What the installed `unigen-*` commands run: the opt-in re-execution, then `main()`."""
+    reexec_with_cpu_malloc()
+    return main()

@@ -78,11 +78,10 @@ def main(argv=None) -> int:
 
 
 def console_main() -> int:
-    """The installed command: `main` after the CPU allocator re-execution (unigen/cpu_malloc.py)."""
-    from unigen.cpu_malloc import reexec_with_cpu_malloc
+    """The installed command (see unigen/cpu_malloc.py)."""
+    from unigen.cpu_malloc import console_entry
 
-    reexec_with_cpu_malloc()
-    return main()
+    return console_entry(main)
 
 
 if __name__ == "__main__":
