@@ -7,10 +7,11 @@ Backends:
   "einsum"       explicit QK^T -> softmax -> PV in a (B, H, T, D) layout, normalised after
                  PV, with a FlashAttention-style custom VJP (saves the log-sum-exp, not
                  the (B, H, T, T) weights). Same numbers as "xla" (float32: ~1e-6); faster
-                 on XLA:CPU (bench/RESULTS.md). Reverse mode only: use "xla"
-                 under `jax.jvp`.
+                 on XLA:CPU (bench/RESULTS.md). Inside `unigen.nn.jvp_compatible()` it
+                 runs without the custom VJP, so `jax.jvp` works.
   "cudnn"        `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16).
-  "auto"         "cudnn" on GPU for half precision inputs, "einsum" otherwise.
+  "auto"         "cudnn" on GPU for half precision inputs, "einsum" otherwise; "xla"
+                 inside `jvp_compatible()`.
   "block_sparse" and "linear" come from the kernels package (`unigen.kernels`), which
                  registers them on first use; their options (block mask, chunk size, ...)
                  pass through `**options`.
@@ -27,6 +28,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from unigen.nn.ad_mode import is_jvp_compatible
 
 AttentionFn = Callable[..., jax.Array]
 _BACKENDS: dict[str, AttentionFn] = {}
@@ -123,6 +126,8 @@ def _einsum(q, k, v, *, scale, mask=None):
     # are moved next to batch explicitly, so both products are plain (B*H) x [T, Dh]
     # matmuls: letting einsum pick the layout from (B, T, H, Dh) made XLA emit P.V
     # transposed, ~3x slower.
+    if is_jvp_compatible():
+        return _bhtd(_einsum_forward(q, k, v, float(scale), mask)[0])
     return _einsum_attention(q, k, v, float(scale), mask)
 
 
@@ -134,7 +139,10 @@ register_backend("einsum", _einsum)
 def _resolve(backend: str, dtype) -> AttentionFn:
     if backend == "auto":
         on_gpu = jax.default_backend() == "gpu"
-        backend = "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "einsum"
+        if is_jvp_compatible():
+            backend = "xla"  # cudnn's and einsum's gradients are custom VJPs
+        else:
+            backend = "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "einsum"
     if backend not in _BACKENDS and backend in _LAZY_BACKENDS:
         import unigen.kernels  # noqa: F401  (registers "block_sparse" and "linear")
     if backend not in _BACKENDS:

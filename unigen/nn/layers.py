@@ -4,15 +4,26 @@
 the first axes of a kernel shaped `in_dims + out_dims`. Multi-axis kernels keep q/k/v and
 heads as their own axes (e.g. qkv is (D, 3, H, Dh)) so tensor parallelism can split heads
 without reshuffling. Each Param records its logical axes as `logical_axes` metadata.
+
+The product carries a hand-written VJP (`dense_general`): JAX's own rule forms the kernel
+gradient as dot_general(dY, X) followed by a transpose, and XLA:CPU then makes dY the
+operand it transposes in memory, the widest one for qkv and fc1 (e.g. 8192 x 1536 per
+DiT-S/2 block at batch 32). Writing the product with the narrower of X and dY first makes
+XLA transpose that one instead: the DiT-S/2 train step went from 9.0 to 8.2 s
+(bench/RESULTS.md). Forward mode needs `unigen.nn.jvp_compatible()` (see `ad_mode`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from unigen.nn.ad_mode import is_jvp_compatible
 
 Init = Callable[..., jax.Array]
 
@@ -35,6 +46,55 @@ def param(init: Init, shape: Sequence[int], axes: Sequence[str | None], rngs: nn
     return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
 
 
+def _contract_trailing(n_in: int, x_ndim: int):
+    """dot_general dimension numbers: x's last n_in axes against the kernel's first n_in."""
+    return ((tuple(range(x_ndim - n_in, x_ndim)), tuple(range(n_in))), ((), ()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_custom_vjp(x, kernel, n_in):
+    return jax.lax.dot_general(x, kernel, _contract_trailing(n_in, x.ndim))
+
+
+def _dense_fwd(x, kernel, n_in):
+    return _dense_custom_vjp(x, kernel, n_in), (x, kernel)
+
+
+def _dense_bwd(n_in, residuals, dy):
+    x, kernel = residuals
+    n_batch = x.ndim - n_in
+    n_out = kernel.ndim - n_in
+    # dX = dY . W^T: contract dY's output axes with the kernel's output axes.
+    out_axes = (tuple(range(n_batch, dy.ndim)), tuple(range(n_in, kernel.ndim)))
+    dx = jax.lax.dot_general(dy, kernel, (out_axes, ((), ())))
+    # dW = X^T . dY over all batch axes. XLA:CPU's matmul wants the first operand's
+    # contracted axis innermost, so it transposes that operand in memory: give it the
+    # narrower of X and dY (the result is only kernel-sized to transpose back).
+    batch = (tuple(range(n_batch)), tuple(range(n_batch)))
+    if math.prod(kernel.shape[:n_in]) <= math.prod(kernel.shape[n_in:]):
+        dkernel = jax.lax.dot_general(x, dy, (batch, ((), ())))
+    else:
+        dkernel_t = jax.lax.dot_general(dy, x, (batch, ((), ())))
+        dkernel = jnp.transpose(dkernel_t, tuple(range(n_out, n_out + n_in)) + tuple(range(n_out)))
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_dense_custom_vjp.defvjp(_dense_fwd, _dense_bwd)
+
+
+def dense_general(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
+    """Contract x's last `n_in` axes with the first `n_in` axes of `kernel`.
+
+    Same values and gradients as `jax.lax.dot_general`; reverse mode goes through the VJP
+    above, and inside `jvp_compatible()` JAX's own rules are used."""
+    if x.shape[x.ndim - n_in:] != kernel.shape[:n_in]:
+        raise ValueError(f"dense_general: input trailing axes {x.shape[x.ndim - n_in:]} do not match "
+                         f"kernel input axes {kernel.shape[:n_in]} (input {x.shape}, kernel {kernel.shape})")
+    if is_jvp_compatible():
+        return jax.lax.dot_general(x, kernel, _contract_trailing(n_in, x.ndim))
+    return _dense_custom_vjp(x, kernel, n_in)
+
+
 class Dense(nnx.Module):
     """y = x · W + b with W shaped in_dims + out_dims (contracting the trailing input axes)."""
 
@@ -52,11 +112,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
-        kernel = self.kernel[...].astype(dtype)
-        y = jax.lax.dot_general(
-            x.astype(dtype), kernel,
-            (((tuple(range(x.ndim - self.n_in, x.ndim))), tuple(range(self.n_in))), ((), ())),
-        )
+        y = dense_general(x.astype(dtype), self.kernel[...].astype(dtype), self.n_in)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
