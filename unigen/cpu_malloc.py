@@ -10,12 +10,14 @@ step: 69 faults and 6.7-7.6 s. But the small digits main job ran 10% slower with
 arenas helped in one run and not in the next, and without the arena limit nothing changed
 (bench/RESULTS.md). So this is opt-in: UNIGEN_CPU_MALLOC=1.
 
-glibc reads these settings only when a process starts (`mallopt` cannot set a trim
-threshold above 2 GiB, and did not help), so with the opt-in the command-line entry points
-re-execute themselves once with GLIBC_TUNABLES set, before any work is done; only where no
-accelerator is present (or JAX_PLATFORMS=cpu). The process then keeps its peak memory until
-it exits. Library code never re-executes anything: call `reexec_with_cpu_malloc()` at the
-top of your own script, or export the GLIBC_TUNABLES that `tuned_environ()` returns.
+GLIBC_TUNABLES is read only when a process starts, so with the opt-in the command-line
+entry points re-execute themselves once with it set, before any work is done; only where
+no accelerator is present (or JAX_PLATFORMS=cpu). (`mallopt` called before XLA starts its
+threads did the same in a test, but only with -1 as the trim threshold, which glibc reads
+as SIZE_MAX: an implementation detail, not an interface.) The process then keeps its peak
+memory until it exits. Library code never re-executes anything: call
+`reexec_with_cpu_malloc()` at the top of your own script, or export the GLIBC_TUNABLES that
+`tuned_environ()` returns.
 """
 
 from __future__ import annotations
