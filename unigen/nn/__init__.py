@@ -12,8 +12,8 @@ from unigen.nn.posemb import sincos_2d
 from unigen.nn.rope import apply_rope, rope_2d_freqs
 
 __all__ = [
-    "jvp_compatible", "attention", "available_backends", "register_backend", "LabelEmbedder", "TimestepEmbedder",
-    "timestep_embedding", "Dense", "dense_general", "param", "xavier_uniform", "Mlp", "SwiGLU", "gate", "modulate",
-    "LayerNorm", "RMSNorm", "layer_norm", "rms_norm", "patchify", "unpatchify", "sincos_2d",
-    "apply_rope", "rope_2d_freqs",
+    "jvp_compatible", "attention", "available_backends", "register_backend", "LabelEmbedder",
+    "TimestepEmbedder", "timestep_embedding", "Dense", "dense_general", "param", "xavier_uniform",
+    "Mlp", "SwiGLU", "gate", "modulate", "LayerNorm", "RMSNorm", "layer_norm", "rms_norm",
+    "patchify", "unpatchify", "sincos_2d", "apply_rope", "rope_2d_freqs",
 ]

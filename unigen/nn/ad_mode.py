@@ -2,7 +2,7 @@
 
 `Dense` and the "einsum" attention backend carry hand-written VJPs (`jax.custom_vjp`): on
 XLA:CPU they make the DiT-S/2 train step faster (bench/RESULTS.md), and on any backend they
-compute the same numbers as JAX's own rules. A custom VJP has no forward-mode rule, so
+give JAX's own gradients up to float rounding. A custom VJP has no forward-mode rule, so
 `jax.jvp`, `jax.jacfwd` or `jax.linearize` through a model fail with JAX's "can't apply
 forward-mode autodiff (jvp) to a custom_vjp function". Objectives that need a JVP of the
 network (consistency models, MeanFlow) trace the model inside `jvp_compatible()`:
