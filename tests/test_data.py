@@ -75,6 +75,21 @@ def test_prepare_is_idempotent(data_dir):
                       for f in files]
 
 
+def test_concurrent_prepare_from_several_processes(tmp_path):
+    # A multi-process run on one machine with an empty data dir: every process prepares
+    # digits at once. Without the lock all but one died renaming onto the finished folder.
+    import subprocess
+    import sys
+    code = ("import sys; from unigen.data import prepare_digits; "
+            "print(prepare_digits(sys.argv[1]).info.splits['train'].num_examples)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert out.split()[-1] == str(len(_expected_split()[0]))
+
+
 @pytest.mark.parametrize("size", [8, 16, 32])
 def test_batch_shapes_range_and_resize(data_dir, size):
     ds = make_dataset("digits", "test", batch_size=16, image_size=size, seed=0,

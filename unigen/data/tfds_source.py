@@ -11,6 +11,7 @@ TFDS's default (~/tensorflow_datasets).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 EMBEDDED = ("digits",)
@@ -26,18 +27,40 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
     return os.fspath(constants.DATA_DIR)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+    """Hold an exclusive lock on `lock_path` (POSIX flock; no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: nothing to lock with
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepare_digits(data_dir: str | os.PathLike | None = None):
-    """The `digits` builder in `data_dir`, written (array_record) if not there yet."""
+    """The `digits` builder in `data_dir`, written (array_record) if not there yet.
+
+    Safe to call from several processes at once (a multi-process run on one machine with an
+    empty data dir): without the lock, every process but the first failed when TFDS renamed
+    its finished directory onto the one another process had just written."""
     import tensorflow_datasets as tfds
 
     from unigen.data.digits import digits_builder_class
 
-    builder = digits_builder_class()(data_dir=resolve_data_dir(data_dir),
-                                     file_format="array_record")
-    if not builder.is_prepared():
-        # Nothing to download; never ask GCS for a pre-built copy either.
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    data_dir = resolve_data_dir(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    with _exclusive(os.path.join(data_dir, ".unigen_digits.lock")):
+        builder = digits_builder_class()(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            # Nothing to download; never ask GCS for a pre-built copy either.
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
 
 
