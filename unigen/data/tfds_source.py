@@ -54,9 +54,13 @@ def prepare_digits(data_dir: str | os.PathLike | None = None):
     from unigen.data.digits import digits_builder_class
 
     data_dir = resolve_data_dir(data_dir)
+    make = lambda: digits_builder_class()(data_dir=data_dir, file_format="array_record")
+    builder = make()
+    if builder.is_prepared():  # no lock file needed: a prepared dir may be read-only
+        return builder
     os.makedirs(data_dir, exist_ok=True)
     with _exclusive(os.path.join(data_dir, ".unigen_digits.lock")):
-        builder = digits_builder_class()(data_dir=data_dir, file_format="array_record")
+        builder = make()  # another process may have finished while we waited
         if not builder.is_prepared():
             # Nothing to download; never ask GCS for a pre-built copy either.
             builder.download_and_prepare(
