@@ -22,7 +22,6 @@ adds one, so models never need to know which kernel runs.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable
 
@@ -87,9 +86,11 @@ def _einsum_forward(q, k, v, scale, mask):
     return o.astype(v.dtype), m + jnp.log(denom)  # (B, H, Tq, Dh), log-sum-exp (B, H, Tq, 1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _einsum_attention(q, k, v, scale, mask):
+def _einsum_plain(q, k, v, scale, mask):
     return _bhtd(_einsum_forward(q, k, v, scale, mask)[0])
+
+
+_einsum_attention = jax.custom_vjp(_einsum_plain, nondiff_argnums=(3,))
 
 
 def _einsum_fwd(q, k, v, scale, mask):
@@ -126,9 +127,7 @@ def _einsum(q, k, v, *, scale, mask=None):
     # are moved next to batch explicitly, so both products are plain (B*H) x [T, Dh]
     # matmuls: letting einsum pick the layout from (B, T, H, Dh) made XLA emit P.V
     # transposed, ~3x slower.
-    if is_jvp_compatible():
-        return _bhtd(_einsum_forward(q, k, v, float(scale), mask)[0])
-    return _einsum_attention(q, k, v, float(scale), mask)
+    return (_einsum_plain if is_jvp_compatible() else _einsum_attention)(q, k, v, float(scale), mask)
 
 
 register_backend("xla", _xla)
