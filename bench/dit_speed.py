@@ -3,6 +3,8 @@
     python bench/dit_speed.py                 # default run (~6 min on 2 cores)
     python bench/dit_speed.py --quick         # smoke run (tiny shapes, seconds)
     python bench/dit_speed.py --xl-loop       # also compile DiT-XL/2 without scan (~100 s)
+    python bench/dit_speed.py --ablate-attention  # both sides without the attention products:
+                                              # what the rest of the network costs (see _ablated_attention)
 
 What runs (DiT-S/2 on 32x32x4 latents, diffusers' layout: per-block timestep/label
 embedders; unigen loads the *same* weights from the diffusers folder the torch side saves,
@@ -51,18 +53,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 S2 = dict(depth=12, hidden=384, heads=6, patch=2, size=32, channels=4, classes=1000)
 
 
-def dit_flops(depth, hidden, heads, patch, size, channels, per_block_cond=True, learn_sigma=True, **_):
+def dit_flops(depth, hidden, heads, patch, size, channels, per_block_cond=True, learn_sigma=True,
+              attention=True, **_):
     """Forward FLOPs per image (2 per multiply-add; matmuls only, elementwise ops ignored).
 
     tokens T = (size/patch)^2, D = hidden. Per block: qkv 2*T*D*3D, out proj 2*T*D*D,
     MLP 2*T*D*4D*2, attention QK^T and PV 2 * 2*T*T*D, adaLN Linear 2*D*6D; with per-block
     conditioning (diffusers' layout) also the timestep MLP 2*(256*D + D*D). Outside the
     blocks: patch embedding 2*T*(p*p*C)*D, final adaLN 2*D*2D and Linear 2*T*D*(p*p*C_out).
+    attention=False leaves out QK^T and PV (--ablate-attention).
     """
     t = (size // patch) ** 2
     d = hidden
     c_out = channels * (2 if learn_sigma else 1)
-    block = 2 * t * d * 3 * d + 2 * t * d * d + 2 * 2 * t * d * 4 * d + 2 * 2 * t * t * d + 2 * d * 6 * d
+    block = 2 * t * d * 3 * d + 2 * t * d * d + 2 * 2 * t * d * 4 * d + 2 * d * 6 * d
+    if attention:
+        block += 2 * 2 * t * t * d
     if per_block_cond:
         block += 2 * (256 * d + d * d)
     outside = 2 * t * patch * patch * channels * d + 2 * d * 2 * d + 2 * t * d * patch * patch * c_out
@@ -86,7 +92,7 @@ def ddim_alphas(steps: int, num_timesteps: int = 1000):
 
 # ============================================================================ workers
 class TorchWorker:
-    def setup(self, batch, sample_batch, threads, seed, folder, quick):
+    def setup(self, batch, sample_batch, threads, seed, folder, quick, ablate_attention=False):
         import numpy as np
         import torch
         import diffusers
@@ -105,6 +111,8 @@ class TorchWorker:
         with torch.no_grad():
             for p in self.model.parameters():
                 p.copy_(torch.randn(p.shape) * 0.02)
+        if ablate_attention:
+            _ablate_torch_attention(self.model)
         self.model.save_pretrained(folder)
         rs = np.random.RandomState(seed)
         c, s = cfg["channels"], cfg["size"]
@@ -192,7 +200,8 @@ QUICK = dict(depth=2, hidden=64, heads=2, patch=2, size=8, channels=4, classes=1
 
 
 class JaxWorker:
-    def setup(self, batch, sample_batch, threads, seed, folder, quick, scan_layers, attention):
+    def setup(self, batch, sample_batch, threads, seed, folder, quick, scan_layers, attention,
+              ablate_attention=False):
         import jax
         import jax.numpy as jnp
         import numpy as np
@@ -202,6 +211,10 @@ class JaxWorker:
         from unigen.diffusion.gaussian import GaussianDiffusion
         from unigen.diffusion.samplers import ddim
         self.jax, self.jnp = jax, jnp
+        if ablate_attention:
+            from unigen.nn.attention import register_backend
+            register_backend("ablated", _ablated_attention)
+            attention = "ablated"
         cfg = QUICK if quick else S2
         self.cfg = cfg
         model = unigen.from_pretrained(folder, scan_layers=scan_layers, attention_backend=attention)
@@ -337,6 +350,38 @@ class JaxWorker:
         return time.perf_counter() - t0
 
 
+# ============================================================================ ablation
+# --ablate-attention: both sides replace softmax(QK^T/sqrt(d))V by (V + 0 (Q + K)) I, with I the
+# (Dh, Dh) identity applied per head as a matmul. The q/k/v projections and their gradients
+# still run, the attention products do not; the two models stay equal (the parity check still
+# runs), so the step times say what the rest of the network costs on each side: the most any
+# attention kernel could buy. The identity product (2 T Dh^2 FLOPs per head, 1% of the block)
+# keeps the out-projection's input a materialised matmul output as with real attention:
+# without it XLA fused the elementwise V + 0 (Q + K) into the transposed copy that the
+# out-projection's weight gradient reads, a slow strided loop (0.7 s per step) that real
+# attention does not have. XLA keeps 0 * x (it is NaN for x = inf).
+def _ablated_attention(q, k, v, *, scale, **_):
+    import jax.numpy as jnp
+    return jnp.einsum("bthd,de->bthe", v + 0.0 * (q + k), jnp.eye(v.shape[-1], dtype=v.dtype))
+
+
+def _ablate_torch_attention(model):
+    import torch
+    from diffusers.models.attention_processor import Attention
+
+    class Ablated:
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **_):
+            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+            b, t, _ = v.shape
+            heads = (v + 0.0 * (q + k)).view(b, t, attn.heads, -1)
+            eye = torch.eye(heads.shape[-1], dtype=v.dtype)
+            return attn.to_out[1](attn.to_out[0]((heads @ eye).reshape(b, t, -1)))
+
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.set_processor(Ablated())
+
+
 def _time(fn, iters):
     """Median seconds per call over `iters` calls (after the round's first, untimed call
     when iters > 1: it absorbs allocator / cache effects of switching processes)."""
@@ -414,6 +459,8 @@ def main(argv=None):
                     help="unigen DiT-S/2 with scan_layers=True (default: a Python loop over the 12 blocks, "
                          "~15%% faster train step on XLA:CPU; see RESULTS.md)")
     ap.add_argument("--attention", default="auto", help="unigen attention backend (auto, einsum, xla)")
+    ap.add_argument("--ablate-attention", action="store_true",
+                    help="both sides replace attention by (V + 0 (Q + K)) I: what the rest of the network costs")
     ap.add_argument("--no-torch-compile", action="store_true")
     ap.add_argument("--no-xl", action="store_true", help="skip the DiT-XL/2 compile-time measurement")
     ap.add_argument("--xl-loop", action="store_true", help="also compile DiT-XL/2 without scan (~100 s)")
@@ -435,7 +482,7 @@ def main(argv=None):
 
     t_start = time.perf_counter()
     cfg = QUICK if args.quick else S2
-    flops_img = dit_flops(**cfg)
+    flops_img = dit_flops(**cfg, attention=not args.ablate_attention)
     print(f"# DiT-S/2 speed: unigen (jax) vs diffusers (torch), CPU, {args.threads} threads each, "
           f"malloc={args.malloc}, {args.iters} timed call(s) per round"
           + (" after an untimed one" if args.iters > 1 else ""))
@@ -448,15 +495,15 @@ def main(argv=None):
     res = {"args": vars(args), "flops_per_image_forward": flops_img}
     try:
         info_t = torch_w("setup", batch=args.batch, sample_batch=args.sample_batch, threads=args.threads,
-                         seed=0, folder=folder, quick=args.quick)
+                         seed=0, folder=folder, quick=args.quick, ablate_attention=args.ablate_attention)
         info_j = jax_w("setup", batch=args.batch, sample_batch=args.sample_batch, threads=args.threads,
                        seed=0, folder=folder, quick=args.quick, scan_layers=args.scan,
-                       attention=args.attention)
+                       attention=args.attention, ablate_attention=args.ablate_attention)
         res.update(torch_info=info_t, jax_info=info_j)
         print(f"torch {info_t['version']} / diffusers {info_t['diffusers']}: {info_t['params']:,} params, "
               f"{info_t['threads']} threads")
         print(f"jax {info_j['jax']}: {info_j['params']:,} params, scan_layers={args.scan}, "
-              f"attention={args.attention!r}, "
+              f"attention={'ABLATED ((V + 0 (Q + K)) I) on both sides' if args.ablate_attention else repr(args.attention)}, "
               f"XLA_FLAGS={info_j['xla_flags']!r}")
         print(f"same weights, forward max rel err {info_j['parity_max_rel_err']:.2e}; jax compile: "
               f"forward {info_j['compile_forward_s']:.1f} s, train step {info_j['compile_train_s']:.1f} s")
