@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 # (name, tokens, fan_in, fan_out) of the DiT-S/2 block's Dense layers at batch 32.
 LAYERS = [("qkv", 8192, 384, 1152), ("proj", 8192, 384, 384), ("fc1", 8192, 384, 1536),
@@ -29,27 +28,20 @@ LAYERS = [("qkv", 8192, 384, 1152), ("proj", 8192, 384, 384), ("fc1", 8192, 384,
 PRODUCTS = ("forward", "dX", "dW")
 
 
-def _median_seconds(fn, calls=15):
-    fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def _products(side):
-    """{layer: {product: seconds}} for one side, run in this (worker) process."""
+    """{layer: {product: seconds}} for one side, run in this (worker) process: the median of
+    15 calls after an untimed one (dit_speed's timer)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from dit_speed import _time
     out = {}
     if side == "torch":
         import torch
         torch.set_num_threads(os.cpu_count())
         for name, n, k, m in LAYERS:
             x, w, dy = torch.randn(n, k), torch.randn(k, m), torch.randn(n, m)
-            out[name] = {"forward": _median_seconds(lambda: x @ w),
-                         "dX": _median_seconds(lambda: dy @ w.T),
-                         "dW": _median_seconds(lambda: x.T @ dy)}
+            out[name] = {"forward": _time(lambda: x @ w, 15),
+                         "dX": _time(lambda: dy @ w.T, 15),
+                         "dW": _time(lambda: x.T @ dy, 15)}
         return out
     import jax
     from unigen.nn import dense_general
@@ -61,9 +53,9 @@ def _products(side):
     for i, (name, n, k, m) in enumerate(LAYERS):
         keys = jax.random.split(jax.random.key(i), 3)
         x, w, dy = (jax.random.normal(kk, s) for kk, s in zip(keys, [(n, k), (k, m), (n, m)]))
-        out[name] = {"forward": _median_seconds(lambda: forward(x, w).block_until_ready()),
-                     "dX": _median_seconds(lambda: d_x(x, w, dy).block_until_ready()),
-                     "dW": _median_seconds(lambda: d_w(x, w, dy).block_until_ready())}
+        out[name] = {"forward": _time(lambda: forward(x, w).block_until_ready(), 15),
+                     "dX": _time(lambda: d_x(x, w, dy).block_until_ready(), 15),
+                     "dW": _time(lambda: d_w(x, w, dy).block_until_ready(), 15)}
     return out
 
 
