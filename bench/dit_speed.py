@@ -3,8 +3,8 @@
     python bench/dit_speed.py                 # default run (~6 min on 2 cores)
     python bench/dit_speed.py --quick         # smoke run (tiny shapes, seconds)
     python bench/dit_speed.py --xl-loop       # also compile DiT-XL/2 without scan (~100 s)
-    python bench/dit_speed.py --ablate-attention  # both sides without the attention products:
-                                              # what the rest of the network costs (see _ablated_attention)
+    python bench/dit_speed.py --ablate-attention  # both sides without the attention
+                                              # products (see _ablated_attention)
 
 What runs (DiT-S/2 on 32x32x4 latents, diffusers' layout: per-block timestep/label
 embedders; unigen loads the *same* weights from the diffusers folder the torch side saves,
@@ -355,7 +355,7 @@ class JaxWorker:
 # (Dh, Dh) identity applied per head as a matmul. The q/k/v projections and their gradients
 # still run, the attention products do not; the two models stay equal (the parity check still
 # runs), so the step times say what the rest of the network costs on each side: the most any
-# attention kernel could buy. The identity product (2 T Dh^2 FLOPs per head, 1% of the block)
+# attention kernel could buy. The identity product (2 T Dh^2 FLOPs per head, 1.4% of the block)
 # keeps the out-projection's input a materialised matmul output as with real attention:
 # without it XLA fused the elementwise V + 0 (Q + K) into the transposed copy that the
 # out-projection's weight gradient reads, a slow strided loop (0.7 s per step) that real
@@ -460,7 +460,8 @@ def main(argv=None):
                          "~15%% faster train step on XLA:CPU; see RESULTS.md)")
     ap.add_argument("--attention", default="auto", help="unigen attention backend (auto, einsum, xla)")
     ap.add_argument("--ablate-attention", action="store_true",
-                    help="both sides replace attention by (V + 0 (Q + K)) I: what the rest of the network costs")
+                    help="both sides replace attention by (V + 0 (Q + K)) I: "
+                         "what the rest of the network costs")
     ap.add_argument("--no-torch-compile", action="store_true")
     ap.add_argument("--no-xl", action="store_true", help="skip the DiT-XL/2 compile-time measurement")
     ap.add_argument("--xl-loop", action="store_true", help="also compile DiT-XL/2 without scan (~100 s)")
@@ -502,8 +503,10 @@ def main(argv=None):
         res.update(torch_info=info_t, jax_info=info_j)
         print(f"torch {info_t['version']} / diffusers {info_t['diffusers']}: {info_t['params']:,} params, "
               f"{info_t['threads']} threads")
+        attention = ("ABLATED ((V + 0 (Q + K)) I) on both sides" if args.ablate_attention
+                     else repr(args.attention))
         print(f"jax {info_j['jax']}: {info_j['params']:,} params, scan_layers={args.scan}, "
-              f"attention={'ABLATED ((V + 0 (Q + K)) I) on both sides' if args.ablate_attention else repr(args.attention)}, "
+              f"attention={attention}, "
               f"XLA_FLAGS={info_j['xla_flags']!r}")
         print(f"same weights, forward max rel err {info_j['parity_max_rel_err']:.2e}; jax compile: "
               f"forward {info_j['compile_forward_s']:.1f} s, train step {info_j['compile_train_s']:.1f} s")
