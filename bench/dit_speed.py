@@ -210,6 +210,7 @@ class JaxWorker:
         import unigen
         from unigen.diffusion.gaussian import GaussianDiffusion
         from unigen.diffusion.samplers import ddim
+        from unigen.nn import cpu_custom_vjps
         self.jax, self.jnp = jax, jnp
         if ablate_attention:
             from unigen.nn.attention import register_backend
@@ -248,7 +249,8 @@ class JaxWorker:
             k_t, k_n, k_d = jax.random.split(key, 3)
             t = jax.random.randint(k_t, (x0.shape[0],), 0, 1000)
             noise = jax.random.normal(k_n, x0.shape, x0.dtype)
-            loss, grads = jax.value_and_grad(loss_fn)(params, x0, t, noise, y, k_d)
+            with cpu_custom_vjps():  # as unigen's trainer traces its step (a no-op off CPU)
+                loss, grads = jax.value_and_grad(loss_fn)(params, x0, t, noise, y, k_d)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
@@ -321,6 +323,7 @@ class JaxWorker:
         import optax
         from flax import nnx
         from unigen.models.dit import DiT, dit_config
+        from unigen.nn import cpu_custom_vjps
         cfg = dit_config("DiT-XL/2", input_size=32, scan_layers=scan_layers)
         abstract = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
         graphdef, params = nnx.split(abstract)
@@ -338,7 +341,8 @@ class JaxWorker:
                 out = nnx.merge(graphdef, params)(jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * noise, t, y,
                                                   label_drop_key=k_d)
                 return jnp.mean(jnp.square(out[..., :4] - noise))
-            loss, grads = jax.value_and_grad(loss_fn)(params)
+            with cpu_custom_vjps():
+                loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 

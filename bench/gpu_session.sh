@@ -16,7 +16,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || echo "wheel install failed"
 fi
-# The kernels/ folder is the package unigen_kernels (setup.py's mapping) without an install.
+# The kernels/ folder is the package unigen_kernels (pyproject's package-dir mapping) without an install.
 mkdir -p /tmp/pkgs && ln -sfn "$PWD/kernels" /tmp/pkgs/unigen_kernels
 export PYTHONPATH=/tmp/site:/tmp/pkgs:$PWD
 
@@ -42,8 +42,8 @@ run_phase() {
       --lengths 16384 --sparsities 0.5 0.9 0.95 ;;
     dit_xl2) phase dit_xl2_f32 75 python3 bench/scaling.py --real --per-device-batch 32 --steps 10
              phase dit_xl2_bf16 75 python3 bench/scaling.py --real --per-device-batch 32 --steps 10 --dtype bfloat16 ;;
-    gpu_tests) phase gpu_tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_block_sparse.py \
-      tests/test_linear_attention.py -k "on_gpu" ;;
+    gpu_tests) phase gpu_tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_block_sparse.py \
+      tests/test_linear_attention.py tests/test_nn.py -k "on_gpu or jvp or platform" ;;
     *) echo "unknown phase $1"; exit 2 ;;
   esac
 }

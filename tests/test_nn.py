@@ -8,11 +8,16 @@ from flax import nnx
 
 from unigen import nn as unn
 
-torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def torch():
+    """The reference oracle; only the parity tests need it (the rest run without torch)."""
+    return pytest.importorskip("torch")
 
 
 @pytest.mark.parametrize("shift", [0.0, 1.0])
-def test_timestep_embedding_matches_diffusers(shift):
+def test_timestep_embedding_matches_diffusers(shift, torch):
     from diffusers.models.embeddings import get_timestep_embedding
     t = np.array([0, 1, 17, 500, 999], np.float32)
     ref = get_timestep_embedding(torch.from_numpy(t), 256, flip_sin_to_cos=True, downscale_freq_shift=shift).numpy()
@@ -20,7 +25,7 @@ def test_timestep_embedding_matches_diffusers(shift):
     np.testing.assert_allclose(got, ref, atol=1e-4)  # t * freq up to 999 in float32: ulp ~6e-5
 
 
-def test_sincos_2d_matches_diffusers():
+def test_sincos_2d_matches_diffusers(torch):
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
     ref = get_2d_sincos_pos_embed(64, (4, 4), base_size=4, interpolation_scale=1.0, output_type="np")
     np.testing.assert_allclose(unn.sincos_2d(64, 4, 4), ref, atol=1e-6)
@@ -53,7 +58,7 @@ def test_rope_2d_is_relative_and_norm_preserving():
     assert dot(pos(0, 0), pos(1, 2)) != pytest.approx(dot(pos(0, 0), pos(2, 1)), rel=1e-3)
 
 
-def test_attention_backends_agree_and_validate():
+def test_attention_backends_agree_and_validate(torch):
     rng = np.random.RandomState(1)
     q, k, v = (jnp.asarray(rng.randn(2, 10, 3, 8), jnp.float32) for _ in range(3))
     ref = unn.attention(q, k, v, backend="xla")
@@ -68,7 +73,7 @@ def test_attention_backends_agree_and_validate():
         unn.attention(q[0], k[0], v[0])
 
 
-def test_mlps_norms_and_labels():
+def test_mlps_norms_and_labels(torch):
     rngs = nnx.Rngs(0)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
     assert unn.Mlp(16, 64, rngs=rngs)(x).shape == (2, 5, 16)
@@ -99,7 +104,8 @@ def test_dense_general_gradients_match_dot_general(in_dims, out_dims):
     n_in = len(in_dims)
     dims = ((tuple(range(2, 2 + n_in)), tuple(range(n_in))), ((), ()))
     y_ref, vjp_ref = jax.vjp(lambda x, w: jax.lax.dot_general(x, w, dims), x, w)
-    y, vjp = jax.vjp(lambda x, w: unn.dense_general(x, w, n_in), x, w)
+    with unn.cpu_custom_vjps():  # the hand-written VJP (on a CPU; JAX's own rule elsewhere)
+        y, vjp = jax.vjp(lambda x, w: unn.dense_general(x, w, n_in), x, w)
     np.testing.assert_allclose(y, y_ref, rtol=1e-6)
     for got, want in zip(vjp(dy), vjp_ref(dy)):
         assert got.shape == want.shape
@@ -108,26 +114,57 @@ def test_dense_general_gradients_match_dot_general(in_dims, out_dims):
         unn.dense_general(x, w.reshape((-1,) + w.shape[n_in:])[:3], 1)
 
 
-def test_jvp_through_dit_needs_jvp_compatible_and_agrees_with_vjp():
-    # The custom VJPs (Dense, einsum attention) have no forward-mode rule; inside
-    # jvp_compatible() a jvp works and agrees with the default-mode VJP: <u, J v> = <J^T u, v>.
+def _perturbed_dit():
     from unigen.models.dit import DiT, dit_config
     cfg = dit_config("DiT-S/2", input_size=8, depth=2, hidden_size=32, num_heads=4, num_classes=10)
-    model = DiT(cfg, rngs=nnx.Rngs(0))
+    graph, params = nnx.split(DiT(cfg, rngs=nnx.Rngs(0)))
     # adaLN-Zero starts every block as the identity: perturb the zero-initialised params.
-    graph, params = nnx.split(model)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
-    model = nnx.merge(graph, params)
+    return nnx.merge(graph, jax.tree.unflatten(tree, [a + 0.1 * jax.random.normal(k, a.shape)
+                                                      for a, k in zip(leaves, keys)]))
+
+
+def test_jvp_through_a_default_dit_matches_finite_differences_and_vjp():
+    # Forward mode works through a model built with default settings, no context manager, on
+    # whatever platform runs the test (CPU here; the same test on a GPU when one is there).
+    model = _perturbed_dit()
     x, v, u = (jax.random.normal(jax.random.PRNGKey(i), s) for i, s in
                ((2, (2, 8, 8, 4)), (3, (2, 8, 8, 4)), (4, (2, 8, 8, 8))))
     t, y = jnp.array([3, 700]), jnp.array([1, 9])
     f = lambda x: model(x, t, y)
-    with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(f, (x,), (v,))
-    with unn.jvp_compatible():
-        _, jv = jax.jvp(f, (x,), (v,))
+    _, jv = jax.jvp(f, (x,), (v,))
+    eps = 1e-2  # central differences in float32: truncation ~eps^2, rounding ~1e-7/eps
+    fd = (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+    assert float(jnp.linalg.norm(jv - fd) / jnp.linalg.norm(jv)) < 2e-3
+    # The adjoint identity <u, J v> = <J^T u, v>, with JAX's VJP and with the CPU custom VJPs.
     (jtu,) = jax.vjp(f, x)[1](u)
+    with unn.cpu_custom_vjps():
+        (jtu_custom,) = jax.vjp(f, x)[1](u)
     assert float(jnp.sum(u * jv)) == pytest.approx(float(jnp.sum(jtu * v)), rel=1e-4)
+    np.testing.assert_allclose(jtu_custom, jtu, rtol=1e-4, atol=1e-5)
     assert float(jnp.abs(jv).max()) > 0
+    if jax.default_backend() == "cpu":  # the opt-in CPU VJPs have no forward rule, as documented
+        with unn.cpu_custom_vjps(), pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(f, (x,), (v,))
+
+
+def test_platform_defaults(monkeypatch):
+    # "auto" attention: XLA for float32 and cuDNN for half precision on a GPU, einsum on a CPU;
+    # the CPU custom VJPs never switch on off a CPU.
+    import importlib
+    ad_mode, attn = (importlib.import_module(f"unigen.nn.{m}") for m in ("ad_mode", "attention"))
+    if jax.default_backend() == "cpu":
+        assert attn.resolve_backend("auto", jnp.float32) == "einsum"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert attn.resolve_backend("auto", jnp.float32) == "xla"
+    assert attn.resolve_backend("auto", jnp.bfloat16) == "cudnn"
+    assert attn.resolve_backend("linear", jnp.float32) == "linear"
+    with unn.cpu_custom_vjps():
+        assert not ad_mode.use_custom_vjps()
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    with unn.cpu_custom_vjps():
+        assert ad_mode.use_custom_vjps()
+        with unn.jvp_compatible():
+            assert not ad_mode.use_custom_vjps()
+    assert not ad_mode.use_custom_vjps()

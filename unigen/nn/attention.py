@@ -5,16 +5,16 @@ Layout everywhere: q, k, v are (B, T, H, Dh); the output is (B, Tq, H, Dh).
 Backends:
   "xla"          `jax.nn.dot_product_attention(implementation="xla")`: the reference.
   "einsum"       explicit QK^T -> softmax -> PV in a (B, H, T, D) layout, normalised after
-                 PV, with a FlashAttention-style custom VJP (saves the log-sum-exp, not
-                 the (B, H, T, T) weights). Same numbers as "xla" (float32: ~1e-6); faster
-                 on XLA:CPU (bench/RESULTS.md). Inside `unigen.nn.jvp_compatible()` it
-                 runs without the custom VJP, so `jax.jvp` works.
+                 PV. Same numbers as "xla" (float32: ~1e-6); faster on XLA:CPU
+                 (bench/RESULTS.md). Inside `unigen.nn.cpu_custom_vjps()` on a CPU its
+                 gradient is a FlashAttention-style custom VJP (saves the log-sum-exp, not
+                 the (B, H, T, T) weights); elsewhere JAX's own rules, so `jax.jvp` works.
   "cudnn"        `jax.nn.dot_product_attention(implementation="cudnn")` (GPU, bf16/fp16).
-  "auto"         "cudnn" on GPU for half precision inputs, "einsum" otherwise; "xla"
-                 inside `jvp_compatible()`.
-  "block_sparse" and "linear" come from the kernels package (`unigen.kernels`), which
-                 registers them on first use; their options (block mask, chunk size, ...)
-                 pass through `**options`.
+  "auto"         on a GPU: "cudnn" for half precision, "xla" (XLA's fused GPU attention)
+                 for float32; on a CPU: "einsum"; elsewhere "xla".
+  "block_sparse" and "linear" come from the kernels package (`unigen_kernels`), imported
+                 on first use; their options (block mask, chunk size, ...) pass through
+                 `**options`.
 
 A backend is any callable `fn(q, k, v, *, scale, **options) -> o`; `register_backend`
 adds one, so models never need to know which kernel runs.
@@ -28,13 +28,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from unigen.nn.ad_mode import is_jvp_compatible
+from unigen.nn.ad_mode import use_custom_vjps
 
 AttentionFn = Callable[..., jax.Array]
 _BACKENDS: dict[str, AttentionFn] = {}
-# Backends that live in the kernels package; imported lazily (jax-triton must never be
-# imported on a CPU-only install, and the kernels are not needed for plain models).
-_LAZY_BACKENDS = {"block_sparse", "linear"}
 
 
 def register_backend(name: str, fn: AttentionFn) -> None:
@@ -43,7 +40,7 @@ def register_backend(name: str, fn: AttentionFn) -> None:
 
 
 def available_backends() -> list[str]:
-    return sorted(set(_BACKENDS) | _LAZY_BACKENDS | {"auto"})
+    return sorted(set(_BACKENDS) | {"auto"})
 
 
 def _xla(q, k, v, *, scale, mask=None):
@@ -127,7 +124,7 @@ def _einsum(q, k, v, *, scale, mask=None):
     # are moved next to batch explicitly, so both products are plain (B*H) x [T, Dh]
     # matmuls: letting einsum pick the layout from (B, T, H, Dh) made XLA emit P.V
     # transposed, ~3x slower.
-    return (_einsum_plain if is_jvp_compatible() else _einsum_attention)(q, k, v, float(scale), mask)
+    return (_einsum_attention if use_custom_vjps() else _einsum_plain)(q, k, v, float(scale), mask)
 
 
 register_backend("xla", _xla)
@@ -135,15 +132,49 @@ register_backend("cudnn", _cudnn)
 register_backend("einsum", _einsum)
 
 
+def _block_sparse(q, k, v, *, scale, block_mask=None, block_size=None, impl="xla",
+                  max_kv_blocks=None, mask=None):
+    """Options: `block_mask` (boolean map [B|1, H|1, ceil(Tq/bq), ceil(Tk/bk)] or a prebuilt
+    `BlockLayout`), `block_size`, `impl` ("xla"; "pallas" / "triton" on GPU), `max_kv_blocks`."""
+    from unigen_kernels import block_sparse_attention
+    if mask is not None:
+        raise ValueError("backend 'block_sparse' takes a block map via block_mask=, not a token mask=; "
+                         "use backend='xla' or 'einsum' for token masks")
+    if block_mask is None:
+        raise ValueError("backend 'block_sparse' needs block_mask= (and block_size=)")
+    return block_sparse_attention(q, k, v, block_mask, block_size=block_size, scale=scale,
+                                  impl=impl, max_kv_blocks=max_kv_blocks)
+
+
+def _linear(q, k, v, *, scale, chunk_size=None, impl="xla", eps=1e-15, mask=None):
+    """Options: `chunk_size` (None = bidirectional SANA; int = block-causal SANA-Video), `impl`,
+    `eps`. `scale` is ignored: ReLU features are positively homogeneous, so a scale s > 0 on q
+    multiplies numerator and denominator alike and cancels (up to eps). Streaming with a
+    carried state uses `unigen.kernels.linear_attention` directly."""
+    from unigen_kernels import linear_attention
+    del scale
+    if mask is not None:
+        raise ValueError("backend 'linear' does not take a token mask; use chunk_size= for "
+                         "block-causal attention")
+    return linear_attention(q, k, v, chunk_size=chunk_size, impl=impl, eps=eps)
+
+
+register_backend("block_sparse", _block_sparse)
+register_backend("linear", _linear)
+
+
+def resolve_backend(backend: str, dtype) -> str:
+    """The concrete backend "auto" stands for on this platform and dtype (see module doc)."""
+    if backend != "auto":
+        return backend
+    platform = jax.default_backend()
+    if platform == "gpu":
+        return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+    return "einsum" if platform == "cpu" else "xla"
+
+
 def _resolve(backend: str, dtype) -> AttentionFn:
-    if backend == "auto":
-        on_gpu = jax.default_backend() == "gpu"
-        if is_jvp_compatible():
-            backend = "xla"  # cudnn's and einsum's gradients are custom VJPs
-        else:
-            backend = "cudnn" if on_gpu and dtype in (jnp.bfloat16, jnp.float16) else "einsum"
-    if backend not in _BACKENDS and backend in _LAZY_BACKENDS:
-        import unigen.kernels  # noqa: F401  (registers "block_sparse" and "linear")
+    backend = resolve_backend(backend, dtype)
     if backend not in _BACKENDS:
         raise ValueError(
             f"unknown attention backend {backend!r}; choose one of {available_backends()}"

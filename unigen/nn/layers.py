@@ -10,7 +10,8 @@ gradient as dot_general(dY, X) followed by a transpose, and XLA:CPU then makes d
 operand it transposes in memory, the widest one for qkv and fc1 (e.g. 8192 x 1536 per
 DiT-S/2 block at batch 32). Writing the product with the narrower of X and dY first makes
 XLA transpose that one instead: the DiT-S/2 train step went from 9.0 to 8.2 s
-(bench/RESULTS.md). Forward mode needs `unigen.nn.jvp_compatible()` (see `ad_mode`).
+(bench/RESULTS.md). It is used only inside `unigen.nn.cpu_custom_vjps()` on a CPU, so forward
+mode works by default (see `ad_mode`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.nn.ad_mode import is_jvp_compatible
+from unigen.nn.ad_mode import use_custom_vjps
 
 Init = Callable[..., jax.Array]
 
@@ -86,12 +87,12 @@ _dense_custom_vjp.defvjp(_dense_fwd, _dense_bwd)
 def dense_general(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
     """Contract x's last `n_in` axes with the first `n_in` axes of `kernel`.
 
-    Same values and gradients as `jax.lax.dot_general`; reverse mode goes through the VJP
-    above, and inside `jvp_compatible()` JAX's own rules are used."""
+    Same values and gradients as `jax.lax.dot_general`; inside `cpu_custom_vjps()` on a CPU,
+    reverse mode goes through the VJP above, elsewhere through JAX's own rules."""
     if x.shape[x.ndim - n_in:] != kernel.shape[:n_in]:
         raise ValueError(f"dense_general: input trailing axes {x.shape[x.ndim - n_in:]} do not match "
                          f"kernel input axes {kernel.shape[:n_in]} (input {x.shape}, kernel {kernel.shape})")
-    return (_dense if is_jvp_compatible() else _dense_custom_vjp)(x, kernel, n_in)
+    return (_dense_custom_vjp if use_custom_vjps() else _dense)(x, kernel, n_in)
 
 
 class Dense(nnx.Module):
