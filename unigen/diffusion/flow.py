@@ -16,6 +16,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from unigen.diffusion.objective import per_example, split_keys
 
 TIME_SAMPLING = ("uniform", "logit_normal")
 
@@ -78,18 +81,51 @@ class RectifiedFlow:
         """Data prediction x0 = z - sigma v (used by DPM-Solver++ on flows)."""
         return z - _bcast(sigma, z) * v
 
+    # ---- the objective protocol (unigen.diffusion.objective) -----------------------------
+    samplers = ("euler", "heun", "dpm_solver_2m")
+
+    def losses(self, model_fn, x0, rng, **cond):
+        return self.training_losses(model_fn, x0, rng, **cond)
+
+    def for_sampler(self, sampler: str, steps: int) -> "RectifiedFlow":
+        return self  # every sampler takes its sigma grid from `steps`
+
+    def prediction_channels(self, channels: int) -> int:
+        return channels
+
+    def sigma_grid(self, steps: int, sigmas=None) -> np.ndarray:
+        """Sampling grid from sigma = 1 to 0: linspace(1, 0, steps + 1) with SD3's shift, or
+        an explicit strictly decreasing `sigmas`. float64 numpy, shape (steps + 1,)."""
+        if sigmas is None:
+            if int(steps) < 1:
+                raise ValueError(f"steps={steps} must be >= 1")
+            return shift_sigma(np.linspace(1.0, 0.0, int(steps) + 1), self.shift)
+        s = np.asarray(sigmas, np.float64)
+        if s.ndim != 1 or s.size < 2 or np.any(np.diff(s) >= 0) or s[-1] < 0:
+            raise ValueError("sigmas must be a strictly decreasing 1-D grid ending at >= 0, e.g. flow_sigmas(...)")
+        return s
+
+    def dpm_grid(self, steps: int, sigmas=None):
+        s = self.sigma_grid(steps, sigmas)
+        return s[:-1], 1.0 - s, s
+
+    def denoise(self, model_fn, x, g, **cond):
+        sig = jnp.full((x.shape[0],), g, jnp.float32)
+        return self.predict_x0(x, sig, model_fn(x, self.model_time(sig), **cond))
+
     def training_losses(self, model_fn, x0, rng_or_sigma_noise, **cond):
         """Flow-matching loss ||v_theta(z_sigma) - (eps - x0)||^2 averaged per example.
 
-        rng_or_sigma_noise: a PRNG key (sigma and eps are drawn here), or a tuple
-        (sigma (B,), noise like x0). Returns dict(loss=(B,), sigma=(B,)), float32.
+        rng_or_sigma_noise: a PRNG key or one key per example (sigma and eps are drawn here, per
+        example), or a tuple (sigma (B,), noise like x0). Returns dict(loss=(B,), sigma=(B,)), float32.
         """
         if isinstance(rng_or_sigma_noise, (tuple, list)):
             sigma, noise = rng_or_sigma_noise
         else:
-            k_sigma, k_noise = jax.random.split(rng_or_sigma_noise)
-            sigma = self.sample_sigma(k_sigma, x0.shape[0])
-            noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+            k_sigma, k_noise = split_keys(rng_or_sigma_noise)
+            n = x0.shape[0]
+            sigma = per_example(k_sigma, n, lambda k: self.sample_sigma(k, 1)[0])
+            noise = per_example(k_noise, n, lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))
         if noise.shape != x0.shape or sigma.shape != x0.shape[:1]:
             raise ValueError(f"sigma {sigma.shape} / noise {noise.shape} must be ({x0.shape[0]},) / {x0.shape}")
         z = self.interpolate(x0, sigma, noise)

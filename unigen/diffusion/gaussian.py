@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unigen.diffusion.objective import per_example, split_keys
 from unigen.diffusion.respacing import respace_betas, space_timesteps
 
 VARIANCES = ("learned_range", "fixed_small", "fixed_large")
@@ -147,6 +148,47 @@ class GaussianDiffusion:
 
     def learned_variance(self) -> bool:
         return self.variance == "learned_range"
+
+    # ---- the objective protocol (unigen.diffusion.objective) -----------------------------
+    samplers = ("ddpm", "ddim", "dpm_solver_2m")
+
+    def losses(self, model_fn, x0, rng, **cond):
+        """`training_losses` at uniform timesteps and Gaussian noise drawn per example from `rng`
+        (one key, or one key per example)."""
+        k_t, k_noise = split_keys(rng)
+        n = x0.shape[0]
+        t = per_example(k_t, n, lambda k: jax.random.randint(k, (), 0, self.num_timesteps))
+        noise = per_example(k_noise, n, lambda k: jax.random.normal(k, x0.shape[1:], jnp.float32))
+        return self.training_losses(model_fn, x0, t, noise.astype(x0.dtype), **cond)
+
+    def for_sampler(self, sampler: str, steps: int) -> "GaussianDiffusion":
+        """DDPM and DDIM run every step of a respaced process (IDDPM sec. 4: `steps` evenly
+        strided steps; DDIM's own integer stride for "ddimN"); DPM-Solver picks its grid."""
+        if sampler == "ddpm":
+            return dataclasses.replace(self, timestep_respacing=str(int(steps)))
+        if sampler == "ddim":
+            return dataclasses.replace(self, timestep_respacing=f"ddim{int(steps)}")
+        return self
+
+    def prediction_channels(self, channels: int) -> int:
+        return channels  # eps; a learned variance's v channels follow and stay conditional
+
+    def dpm_grid(self, steps: int, sigmas=None):
+        """Discrete-time VP at timesteps round(linspace(0, T-1, steps+1))[::-1][:-1], as
+        diffusers' DPMSolverMultistepScheduler ("linspace" spacing, final sigma zero)."""
+        if sigmas is not None:
+            raise ValueError("sigmas= is for flows; a Gaussian diffusion's grid is its timesteps")
+        T = self.num_timesteps
+        idx = np.linspace(0, T - 1, int(steps) + 1).round()[::-1][:-1].astype(np.int64)
+        if int(steps) < 1 or np.unique(idx).size != idx.size:
+            raise ValueError(f"steps={steps} must be in 1..{T - 1} for a {T}-step diffusion")
+        abar = self.alphas_cumprod[idx]
+        return idx, np.append(np.sqrt(abar), 1.0), np.append(np.sqrt(1.0 - abar), 0.0)
+
+    def denoise(self, model_fn, x, g, **cond):
+        t = jnp.full((x.shape[0],), g, jnp.int32)
+        eps, _ = self.split_model_output(model_fn(x, self.model_timesteps(t), **cond), x)
+        return self.predict_xstart_from_eps(x, t, eps)
 
     def split_model_output(self, model_out, x_t):
         """(eps, v) where v is None unless the variance is learned; checks channel counts."""

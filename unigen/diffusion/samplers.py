@@ -5,7 +5,9 @@ Common call shape:
 
     x = sampler(process, model_fn, shape, rng, *, cond=None, noise=None, <options>, progress=False)
 
-  process   GaussianDiffusion or RectifiedFlow; hashed by its config (static).
+  process   GaussianDiffusion or RectifiedFlow for DDPM/DDIM and Euler/Heun; DPM-Solver++
+            takes any process of the objective protocol (unigen.diffusion.objective).
+            Hashed by its config (static).
   model_fn  model_fn(x, t, **cond) -> output, in the process's own time convention
             (Gaussian: original integer timestep; flow: flow.model_time(sigma)).
             Static: compiled code is cached per (process, model_fn identity, shape,
@@ -28,6 +30,7 @@ import numpy as np
 
 from unigen.diffusion.flow import RectifiedFlow, shift_sigma
 from unigen.diffusion.gaussian import GaussianDiffusion
+from unigen.diffusion.objective import check_objective
 
 _BAR = [None]  # the tqdm bar of the call in progress (progress=True only)
 
@@ -110,9 +113,11 @@ def ddim(diffusion, model_fn, shape, rng, *, eta=0.0, cond=None, noise=None, cli
 def flow_sigmas(flow: RectifiedFlow, steps: int, shift: float | None = None) -> np.ndarray:
     """Sampling grid from sigma = 1 to 0: linspace(1, 0, steps + 1) with SD3's shift applied
     (flow.shift unless `shift` is given). float64 numpy, shape (steps + 1,)."""
-    if int(steps) < 1:
-        raise ValueError(f"steps={steps} must be >= 1")
-    return shift_sigma(np.linspace(1.0, 0.0, int(steps) + 1), flow.shift if shift is None else shift)
+    if shift is not None:
+        if int(steps) < 1:
+            raise ValueError(f"steps={steps} must be >= 1")
+        return shift_sigma(np.linspace(1.0, 0.0, int(steps) + 1), shift)
+    return flow.sigma_grid(steps)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 6, 7, 8))
@@ -140,17 +145,10 @@ def _flow_ode(flow, model_fn, shape, rng, cond, noise, heun, final_euler, progre
     return z
 
 
-def _grid(flow, steps, sigmas):
-    s = flow_sigmas(flow, steps) if sigmas is None else np.asarray(sigmas, np.float64)
-    if s.ndim != 1 or s.size < 2 or np.any(np.diff(s) >= 0) or s[-1] < 0:
-        raise ValueError("sigmas must be a strictly decreasing 1-D grid ending at >= 0, e.g. flow_sigmas(...)")
-    return s
-
-
 def euler(flow, model_fn, shape, rng, *, steps=50, sigmas=None, cond=None, noise=None, progress=False):
     """Euler on dz/dsigma = v over `flow_sigmas(flow, steps)` (or an explicit `sigmas` grid)."""
     _check(flow, RectifiedFlow, "euler", shape, noise)
-    s = _grid(flow, steps, sigmas)
+    s = flow.sigma_grid(steps, sigmas)
     return _run(_flow_ode, s.size - 1, progress, flow, model_fn, tuple(shape), rng, cond or {}, noise,
                 False, False, bool(progress), jnp.asarray(s, jnp.float32))
 
@@ -158,7 +156,7 @@ def euler(flow, model_fn, shape, rng, *, steps=50, sigmas=None, cond=None, noise
 def heun(flow, model_fn, shape, rng, *, steps=50, sigmas=None, cond=None, noise=None, progress=False):
     """Heun (2nd order; 2 evaluations per step, one on the final step to sigma = 0)."""
     _check(flow, RectifiedFlow, "heun", shape, noise)
-    s = _grid(flow, steps, sigmas)
+    s = flow.sigma_grid(steps, sigmas)
     return _run(_flow_ode, s.size - 1, progress, flow, model_fn, tuple(shape), rng, cond or {}, noise,
                 True, bool(s[-1] == 0), bool(progress), jnp.asarray(s, jnp.float32))
 
@@ -185,20 +183,11 @@ def _dpm2m_coefficients(alpha, sigma):
 def _dpm2m(process, model_fn, shape, rng, cond, noise, clip_denoised, progress, grid, a, b, c):
     x, _ = _start(shape, rng, noise)
 
-    def denoise(x, g):
-        if isinstance(process, GaussianDiffusion):
-            t = jnp.full((shape[0],), g, jnp.int32)
-            eps, _ = process.split_model_output(model_fn(x, process.model_timesteps(t), **cond), x)
-            x0 = process.predict_xstart_from_eps(x, t, eps)
-        else:
-            sig = jnp.full((shape[0],), g, jnp.float32)
-            x0 = process.predict_x0(x, sig, model_fn(x, process.model_time(sig), **cond))
-        return jnp.clip(x0, -1.0, 1.0) if clip_denoised else x0
-
     def body(carry, inp):
         x, d_prev = carry
         g, ai, bi, ci = inp
-        d = denoise(x, g).astype(x.dtype)
+        d = process.denoise(model_fn, x, g, **cond)
+        d = (jnp.clip(d, -1.0, 1.0) if clip_denoised else d).astype(x.dtype)
         if progress:
             jax.debug.callback(_tick)
         return ((ai * x + bi * d + ci * (d - d_prev)).astype(x.dtype), d), None
@@ -209,26 +198,19 @@ def _dpm2m(process, model_fn, shape, rng, cond, noise, clip_denoised, progress, 
 
 def dpm_solver_2m(process, model_fn, shape, rng, *, steps=20, sigmas=None, cond=None, noise=None,
                   clip_denoised=False, progress=False):
-    """DPM-Solver++(2M), data prediction, `steps` model evaluations, ending at sigma = 0.
+    """DPM-Solver++(2M), data prediction, `steps` model evaluations, ending at sigma = 0, for
+    any process of the objective protocol (its `dpm_grid` and `denoise`):
 
     GaussianDiffusion: discrete-time VP with alpha = sqrt(abar_t), sigma = sqrt(1 - abar_t)
     at timesteps round(linspace(0, T-1, steps+1))[::-1][:-1] of the (respaced) process,
     as diffusers' DPMSolverMultistepScheduler ("linspace" spacing, final sigma zero).
     RectifiedFlow: alpha = 1 - sigma on `flow_sigmas(flow, steps)` (or `sigmas`), x0 = z - sigma v.
     """
-    if isinstance(process, GaussianDiffusion):
-        _check(process, GaussianDiffusion, "dpm_solver_2m", shape, noise)
-        T = process.num_timesteps
-        idx = np.linspace(0, T - 1, int(steps) + 1).round()[::-1][:-1].astype(np.int64)
-        if int(steps) < 1 or np.unique(idx).size != idx.size:
-            raise ValueError(f"steps={steps} must be in 1..{T - 1} for a {T}-step diffusion")
-        abar = process.alphas_cumprod[idx]
-        alpha, sigma = np.append(np.sqrt(abar), 1.0), np.append(np.sqrt(1.0 - abar), 0.0)
-        grid = jnp.asarray(idx, jnp.int32)
-    else:
-        _check(process, RectifiedFlow, "dpm_solver_2m", shape, noise)
-        s = _grid(process, steps, sigmas)
-        alpha, sigma, grid = 1.0 - s, s, jnp.asarray(s[:-1], jnp.float32)
+    check_objective(process)
+    if noise is not None and tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise shape {noise.shape} must equal shape {tuple(shape)}")
+    grid, alpha, sigma = process.dpm_grid(steps, sigmas)
+    grid = jnp.asarray(grid, jnp.int32 if np.issubdtype(np.asarray(grid).dtype, np.integer) else jnp.float32)
     a, b, c = (jnp.asarray(v, jnp.float32) for v in _dpm2m_coefficients(alpha, sigma))
     return _run(_dpm2m, grid.shape[0], progress, process, model_fn, tuple(shape), rng, cond or {}, noise,
                 bool(clip_denoised), bool(progress), grid, a, b, c)
