@@ -141,8 +141,18 @@ def test_cli_prints_table_and_json(tmp_path, capsys):
     assert format_report(rows).count("\n") >= 5
 
 
+def test_unlabelled_samples_get_fd_and_memorisation_without_accuracy(tmp_path, capsys):
+    imgs, labels = gmm_samples(200, 0)
+    r = evaluate_samples(imgs, None)
+    assert "accuracy" not in r and r["fd"]["mean"] == evaluate_samples(imgs, labels)["fd"]["mean"]
+    np.savez(tmp_path / "u.npz", images=imgs)
+    assert main(["--samples", str(tmp_path / "u.npz"), "--no-baselines"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("samples")][0]
+    assert "—" in line  # the accuracy cell
+
+
 @pytest.mark.parametrize("arrays, message", [
-    (dict(images=np.zeros((4, 8, 8, 1))), "missing"),
+    (dict(labels=np.zeros(4, int)), "missing"),
     (dict(images=np.zeros((4, 8, 8)), labels=np.zeros(4, int)), r"\(N, H, W, 1\)"),
     (dict(images=np.zeros((4, 8, 8, 1)), labels=np.zeros(3, int)), "labels must have shape"),
     (dict(images=np.full((4, 8, 8, 1), 1.5), labels=np.zeros(4, int)), r"\[-1, 1\]"),

@@ -267,3 +267,9 @@ def test_initialize_is_a_noop_for_one_process(monkeypatch):
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     with pytest.raises(ValueError, match="give all three"):
         par.initialize()
+
+
+def test_generator_samples_the_same_over_a_sharded_mesh():
+    result = run_checks(8, "generate")
+    assert result["devices"] == 8 and result["shape"] == [12, 8, 8, 4]
+    assert result["max_diff"] <= 1e-4 * result["scale"], result

@@ -35,7 +35,7 @@ def read_metrics(workdir):
 def final_state(workdir):
     from unigen.training import checkpoint as ck
     cfg = ck.read_config(workdir)
-    _, abstract, _ = ck.abstract_train_state(cfg)
+    _, abstract, _, _ = ck.abstract_train_state(cfg)
     c = ck.Checkpointer(workdir)
     try:
         state, data = c.restore(c.latest_step(), abstract)
@@ -187,7 +187,8 @@ def test_imagenet_config_builds_and_runs_one_step(tmp_path):
     with pytest.raises(ConfigError, match="data.latent_encoder"):
         validate(cfg)
     cfg.data.latent_encoder = ""
-    model_cfg, process = validate(cfg)  # the paper's model as configured
+    run = validate(cfg)  # the paper's model as configured
+    model_cfg, process = run.model_cfg, run.task.process
     assert (model_cfg.depth, model_cfg.hidden_size, model_cfg.num_heads, model_cfg.patch_size) == (28, 1152, 16, 2)
     assert process.loss == "hybrid" and cfg.sample.guided_channels == 3
     for key, value in [("data.name", "digits"), ("data.image_size", 8), ("data.channels", 1),
@@ -203,7 +204,7 @@ def test_imagenet_config_builds_and_runs_one_step(tmp_path):
 @pytest.mark.slow
 def test_cli_trains_fsdp_on_eight_fake_devices(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    cmd = _train_cmd(tmp_path / "fsdp", 3, 3) + ["--config.mesh.fsdp=8", "--config.mesh.rules='fsdp'",
+    cmd = _train_cmd(tmp_path / "fsdp", 3, 3) + ["--config.mesh.fsdp=8", "--config.mesh.rules=fsdp",
                                                  "--config.model.hidden_size=64", "--config.model.num_heads=4"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -226,6 +227,35 @@ def test_kernel_backends_train_on_digits(tmp_path, model_overrides):
     rows = read_metrics(tmp_path)
     first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
     assert last < 0.8 * first, (first, last)
+
+
+def test_grad_accumulation_gives_the_same_update():
+    # One key per example (unigen/training/step.py): 4 micro-batches draw the noise, times and
+    # label dropout the whole batch would, so the update is the same up to float summation order.
+    from unigen.training.build import validate
+    from unigen.training.state import create_train_state, make_optimizer
+    from unigen.training.step import make_train_step
+    cfg = tiny_config("--config.train.lr_schedule=constant")
+    run = validate(cfg)
+    tx, schedule = make_optimizer(cfg.train)
+    graphdef, state, frozen_model = create_train_state(run.model_kind.build(run.model_cfg, 0), tx, 0)
+    state = state.replace(step=jax.numpy.int32(5))  # past the warmup's lr = 0 at step 0
+    frozen = {"model": frozen_model, "task": {}}
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
+             "label": rng.integers(0, 10, 16).astype(np.int32)}
+    out = {n: jax.jit(make_train_step(graphdef, run.task, tx, schedule, grad_accum=n))(state, frozen, batch)
+           for n in (1, 4)}
+    (s1, m1), (s4, m4) = out[1], out[4]
+    # float32 sums in another order: losses and gradient norms agree to 1e-5 relative, and the
+    # AdamW update (lr 2e-3 times a ratio of moments) to 1e-6 absolute.
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m4["grad_norm"]), float(m1["grad_norm"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
+    moved = max(float(np.abs(np.asarray(a) - np.asarray(p)).max())
+                for a, p in zip(jax.tree.leaves(s1.params), jax.tree.leaves(state.params)))
+    assert moved > 1e-4  # the step did move the weights
 
 
 def test_grad_accumulation_and_bf16_compute_run(tmp_path):

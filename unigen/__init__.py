@@ -1,13 +1,21 @@
 """unigen: a JAX library for diffusion transformers and the unified generative models
-built on them. See README.md; the layout is described in DESIGN.md."""
+built on them. See README.md."""
 
 __version__ = "0.1.0"
 
 
-def from_pretrained(path: str, **overrides):
-    """Load a model from an official checkpoint, a diffusers folder or a unigen folder."""
+def from_pretrained(path: str, *, subfolder: str | None = None, **overrides):
+    """Load a model from an official checkpoint, a diffusers/transformers folder (or a pipeline
+    folder's `subfolder`), a unigen folder or a unigen training work dir (unigen/pretrained.py)."""
+    import unigen.training.checkpoint  # noqa: F401  (registers training work dirs as a source)
     from unigen.pretrained import from_pretrained as _load
-    return _load(path, **overrides)
+    return _load(path, subfolder=subfolder, **overrides)
 
 
-__all__ = ["from_pretrained", "__version__"]
+def save_pretrained(model, path: str) -> None:
+    """Write any registered model kind in unigen's format (a folder `from_pretrained` reads)."""
+    from unigen.convert.unigen_format import save_pretrained as _save
+    _save(model, path)
+
+
+__all__ = ["from_pretrained", "save_pretrained", "__version__"]

@@ -1,77 +1,167 @@
-"""Class-conditional generation with any sampler, one jit per (model structure, shape).
+"""One generator for any model kind, objective, conditions and data space.
 
-    gen = Generator(model, process, sampler="dpm_solver_2m", steps=25, cfg_scale=2.0)
-    images = gen(labels, rng)                      # (N, H, W, C) numpy in [-1, 1]
+    gen = Generator(graphdef, process, sample_shape=(8, 8, 1), sampler="dpm_solver_2m", steps=25,
+                    cfg_scale=2.0, null_cond={"y": 10}, clip=True)
+    images = gen(states, {"y": labels}, rng)          # numpy (N, H, W, C)
+    gen = Generator.for_model(model, process, ...)    # the same, from a module
 
-Weights travel as a traced argument (`cond["params"]`), so sampling the EMA weights of
-every checkpoint reuses one compiled loop.
+`states` are what `nnx.merge(graphdef, *states)` takes (e.g. the EMA parameters and the
+frozen parts): an explicit argument of one compiled sampling loop, so sampling the weights of
+every checkpoint reuses it and no weights are baked into a compiled closure. With a `mesh`,
+the batch is split over the mesh's batch axes, the states keep their own shardings, and the
+samples are gathered to every process: grids and evaluation run in multi-device and
+multi-process runs too. `clip=True` clips to [-1, 1] (pixels); latents are left alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unigen.diffusion import GaussianDiffusion, RectifiedFlow, label_guidance, samplers
+from unigen import parallel
+from unigen.diffusion import check_objective, classifier_free_guidance, samplers
 
-_SAMPLERS = {"ddpm": samplers.ddpm, "ddim": samplers.ddim, "dpm_solver_2m": samplers.dpm_solver_2m,
-             "euler": samplers.euler, "heun": samplers.heun}
+SAMPLERS = {"ddpm": samplers.ddpm, "ddim": samplers.ddim, "dpm_solver_2m": samplers.dpm_solver_2m,
+            "euler": samplers.euler, "heun": samplers.heun}
 
 
 class Generator:
-    def __init__(self, model: nnx.Module, process, *, sampler: str = "dpm_solver_2m", steps: int = 25,
-                 cfg_scale: float = 1.0, guided_channels: int | str | None = None, eta: float = 0.0,
-                 guidance_interval: tuple[float, float] | None = None, clip_denoised: bool = False):
-        if sampler not in _SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}; choose one of {sorted(_SAMPLERS)}")
-        if sampler in ("ddpm", "ddim") and not isinstance(process, GaussianDiffusion):
-            raise ValueError(f"sampler={sampler!r} needs a GaussianDiffusion")
-        if sampler in ("euler", "heun") and not isinstance(process, RectifiedFlow):
-            raise ValueError(f"sampler={sampler!r} needs a RectifiedFlow")
-        if sampler in ("ddpm", "ddim"):  # fewer steps = a respaced process (IDDPM sec. 4)
-            respacing = f"ddim{steps}" if sampler == "ddim" else str(steps)
-            process = dataclasses.replace(process, timestep_respacing=respacing)
-        self.graphdef, self.params = nnx.split(model, nnx.Param)
-        self.cfg, self.process = model.cfg, process
+    def __init__(self, graphdef, process, *, sample_shape, sampler: str = "dpm_solver_2m", steps: int = 25,
+                 cfg_scale: float = 1.0, null_cond: dict | None = None, guided_channels: int | str | None = None,
+                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
+                 clip_denoised: bool = False, clip: bool = True, mesh=None, rules="dp"):
+        check_objective(process)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}; choose one of {sorted(SAMPLERS)}")
+        if sampler not in process.samplers:
+            raise ValueError(f"sampler={sampler!r} does not sample a {type(process).__name__}; "
+                             f"use one of {process.samplers}")
+        self.graphdef, self.sample_shape = graphdef, tuple(sample_shape)
+        self.process = process.for_sampler(sampler, steps)
         self.sampler, self.steps, self.eta = sampler, int(steps), float(eta)
         # Clip each x0 prediction to the data range [-1, 1] (IDDPM's clip_denoised; the
         # "thresholding" of DPM-Solver++): for pixel data it removes off-range drift.
-        self.clip_denoised = bool(clip_denoised)
-        if guided_channels is None or guided_channels == -1:
-            guided_channels = model.cfg.in_channels  # all eps channels; learned variance stays conditional
-        graphdef = self.graphdef
+        self.clip_denoised, self.clip = bool(clip_denoised), bool(clip)
+        self.mesh, self.rules = mesh, parallel.get_rules(rules)
 
-        def model_fn(x, t, params, y):
-            return nnx.merge(graphdef, params)(x, t, y)
+        def model_fn(x, t, states, **cond):
+            return nnx.merge(graphdef, *states)(x, t, **cond)
 
         self.model_fn = model_fn
         if cfg_scale != 1.0:
-            self.model_fn = label_guidance(model_fn, float(cfg_scale), model.cfg.num_classes, label_key="y",
-                                           channels=guided_channels, interval=guidance_interval,
-                                           shared=("params",))
+            null_cond = dict(null_cond or {})
+            if not null_cond or any(v is None for v in null_cond.values()):
+                raise ValueError(f"cfg_scale={cfg_scale} needs a null condition for every condition, got "
+                                 f"{null_cond}: train the model with condition dropout")
+            if guided_channels is None or guided_channels == -1:
+                guided_channels = process.prediction_channels(self.sample_shape[-1])
+            self.model_fn = classifier_free_guidance(model_fn, float(cfg_scale), null_cond=null_cond,
+                                                     shared=("states",), channels=guided_channels,
+                                                     interval=guidance_interval)
+        self._compiled = {}
+        self.states = None
 
-    def __call__(self, labels, rng, *, batch_size: int = 500, params=None, progress: bool = False) -> np.ndarray:
-        """Samples for `labels` (N,), generated `batch_size` at a time; numpy (N, H, W, C) in [-1, 1]."""
-        labels = np.asarray(labels, np.int32)
-        params = self.params if params is None else params
-        size, ch = self.cfg.input_size, self.cfg.in_channels
-        out = []
-        for i, start in enumerate(range(0, len(labels), batch_size)):
-            y = labels[start:start + batch_size]
-            n = len(y)
-            if n < batch_size and len(labels) > batch_size:  # keep one compiled shape
-                y = np.concatenate([y, np.zeros(batch_size - n, np.int32)])
-            kwargs = dict(steps=self.steps) if self.sampler not in ("ddpm", "ddim") else {}
-            if self.sampler == "ddim":
-                kwargs["eta"] = self.eta
-            if self.sampler in ("ddpm", "ddim", "dpm_solver_2m"):
-                kwargs["clip_denoised"] = self.clip_denoised
-            x = _SAMPLERS[self.sampler](self.process, self.model_fn, (len(y), size, size, ch),
-                                        jax.random.fold_in(rng, i), cond=dict(params=params, y=jnp.asarray(y)),
-                                        progress=progress, **kwargs)
-            out.append(np.asarray(jax.device_get(x))[:n])
-        return np.clip(np.concatenate(out), -1.0, 1.0)
+    @classmethod
+    def for_model(cls, model: nnx.Module, process, **kwargs) -> "Generator":
+        """A generator whose default states are `model`'s own variables."""
+        graphdef, state = nnx.split(model)
+        gen = cls(graphdef, process, **kwargs)
+        gen.states = (state,)
+        return gen
+
+    @classmethod
+    def from_config(cls, sample_cfg, task, graphdef, **kwargs) -> "Generator":
+        """The generator `config.sample` describes for a task (its objective, sample shape, null
+        condition and data space); `kwargs` override (e.g. mesh=, rules=, steps=)."""
+        s = sample_cfg
+        options = dict(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, guided_channels=s.guided_channels,
+                       eta=s.get("eta", 0.0), clip_denoised=s.get("clip_denoised", False))
+        options.update(kwargs)
+        null_cond = task.null_cond() if options["cfg_scale"] != 1.0 else None
+        return cls(graphdef, task.process, sample_shape=task.sample_shape, null_cond=null_cond, clip=task.clip,
+                   **options)
+
+    def _sample_fn(self, batch: int):
+        if batch in self._compiled:
+            return self._compiled[batch]
+        options = {}
+        if self.sampler != "ddpm" and self.sampler != "ddim":
+            options["steps"] = self.steps
+        if self.sampler == "ddim":
+            options["eta"] = self.eta
+        if self.sampler in ("ddpm", "ddim", "dpm_solver_2m"):
+            options["clip_denoised"] = self.clip_denoised
+        run, shape = SAMPLERS[self.sampler], (batch, *self.sample_shape)
+
+        def sample(states, cond, rng):
+            rules = parallel.use_rules(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
+            with rules:
+                return run(self.process, self.model_fn, shape, rng, cond=dict(states=states, **cond), **options)
+
+        if self.mesh is None:
+            fn = jax.jit(sample)
+        else:
+            out = parallel.batch_sharding(self.mesh, self.rules, len(shape))
+            fn = jax.jit(sample, out_shardings=out)
+        self._compiled[batch] = fn
+        return fn
+
+    def _place(self, value: np.ndarray):
+        if self.mesh is None:
+            return jnp.asarray(value)
+        sharding = parallel.batch_sharding(self.mesh, self.rules, value.ndim)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    def _gather(self, x) -> np.ndarray:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    def __call__(self, states=None, cond: dict | None = None, rng=None, *, num: int | None = None,
+                 batch_size: int = 500, progress: str | bool = False) -> np.ndarray:
+        """`num` samples (default: the conditions' length), `batch_size` at a time; numpy
+        (N, *sample_shape), clipped to [-1, 1] when `clip`. `progress`: a label for a bar."""
+        states = self.states if states is None else states
+        if states is None:
+            raise ValueError("pass the model states (e.g. (ema_params, frozen)) or build with Generator.for_model")
+        if rng is None:
+            raise ValueError("pass a PRNG key: rng=jax.random.PRNGKey(seed)")
+        cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
+        lengths = {len(v) for v in cond.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"conditions of different lengths: { {k: len(v) for k, v in cond.items()} }")
+        n = num if num is not None else (lengths.pop() if lengths else None)
+        if n is None or n < 1 or (cond and n != len(next(iter(cond.values())))):
+            raise ValueError(f"num={num} must be >= 1 and equal the conditions' length")
+        batch = min(batch_size, n)
+        if self.mesh is not None:  # every batch splits evenly over the batch devices
+            ways = parallel.batch_ways(self.mesh, self.rules)
+            batch = -(-batch // ways) * ways
+        fn, out = self._sample_fn(batch), []
+        bar = _bar(progress, n)
+        for i, start in enumerate(range(0, n, batch)):
+            part = {k: v[start:start + batch] for k, v in cond.items()}
+            m = min(batch, n - start)
+            if m < batch:  # keep one compiled shape: pad with copies of the first row
+                part = {k: np.concatenate([v, np.repeat(v[:1], batch - m, axis=0)]) for k, v in part.items()}
+            x = fn(states, {k: self._place(v) for k, v in part.items()}, jax.random.fold_in(rng, i))
+            out.append(self._gather(x)[:m])
+            if bar is not None:
+                bar.update(m)
+        if bar is not None:
+            bar.close()
+        images = np.concatenate(out)
+        return np.clip(images, -1.0, 1.0) if self.clip else images
+
+
+def _bar(progress, total):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=progress if isinstance(progress, str) else "sample", unit="img",
+                dynamic_ncols=True, leave=False)

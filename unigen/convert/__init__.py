@@ -1,6 +1,10 @@
-"""Weight conversion from PyTorch / diffusers layouts into unigen modules."""
+"""Weight conversion from PyTorch / diffusers / transformers layouts into unigen modules, unigen's
+own format, and the registry of sources `unigen.from_pretrained` reads."""
 
-from unigen.convert.unigen_format import save_pretrained
+from unigen.convert import dit  # noqa: F401  (registers the official and diffusers DiT loaders)
+from unigen.convert.registry import register_diffusers, register_file, register_folder, register_transformers
+from unigen.convert.unigen_format import load_pretrained, save_pretrained
 from unigen.convert.weights import WeightError, fill_module, read_weights
 
-__all__ = ["WeightError", "fill_module", "read_weights", "save_pretrained"]
+__all__ = ["WeightError", "fill_module", "read_weights", "load_pretrained", "save_pretrained",
+           "register_diffusers", "register_file", "register_folder", "register_transformers"]

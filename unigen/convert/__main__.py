@@ -11,17 +11,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m unigen.convert", description=__doc__)
     parser.add_argument("src", help="official DiT .pt/.safetensors, diffusers folder, or unigen folder")
     parser.add_argument("dst", help="output folder (unigen format)")
+    parser.add_argument("--subfolder", default=None, help="a pipeline folder's component, e.g. transformer")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="head count, for an official checkpoint of non-standard width")
     args = parser.parse_args(argv)
-    from unigen.convert.unigen_format import save_pretrained
-    from unigen.pretrained import from_pretrained
+    import unigen
 
-    model = from_pretrained(args.src, **({} if args.num_heads is None else {"num_heads": args.num_heads}))
-    save_pretrained(model, args.dst)
-    cfg = model.cfg
-    print(f"wrote {args.dst}: DiT depth={cfg.depth} hidden={cfg.hidden_size} heads={cfg.num_heads} "
-          f"patch={cfg.patch_size} input={cfg.input_size} classes={cfg.num_classes}")
+    model = unigen.from_pretrained(args.src, subfolder=args.subfolder,
+                                   **({} if args.num_heads is None else {"num_heads": args.num_heads}))
+    unigen.save_pretrained(model, args.dst)
+    print(f"wrote {args.dst}: {type(model).__name__} {model.cfg}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from unigen.convert.weights import WeightError
-from unigen.models.dit import DIT_SIZES, DiTConfig, dit_config
+from unigen.convert.registry import register_diffusers, register_file
+from unigen.convert.weights import WeightError, read_folder_weights, read_weights
+from unigen.convert.unigen_format import build_filled
+from unigen.models.dit import DIT_KIND, DIT_SIZES, DiT, DiTConfig, dit_config
 from unigen.nn.posemb import sincos_2d
 
 _HEADS_BY_WIDTH = {hidden: heads for _, hidden, heads in DIT_SIZES.values()}
@@ -160,3 +162,30 @@ def diffusers_to_flat(sd: dict[str, np.ndarray], cfg: DiTConfig) -> dict[str, np
     _linear(src, "proj_out_2", d, (cfg.patch_size ** 2 * cfg.out_channels,), dst, "final_layer.linear")
     src.finish()
     return dst
+
+
+# ---- registration with unigen.from_pretrained ----------------------------------------------------
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+@register_file("official DiT checkpoint (.pt/.pth/.bin/.safetensors)", lambda p: p.endswith(_WEIGHT_SUFFIXES))
+def load_official(path: str, **overrides):
+    """An official DiT state dict (or its train.py checkpoint: the EMA weights)."""
+    sd = read_weights(path)
+    cfg = infer_official_config(sd, **_runtime(overrides, "num_heads"))
+    return build_filled(DiT, cfg, official_to_flat(sd, cfg), path)
+
+
+@register_diffusers("DiTTransformer2DModel")
+def load_diffusers(folder: str, config: dict, **overrides):
+    cfg = diffusers_config(config, **_runtime(overrides))
+    return build_filled(DiT, cfg, diffusers_to_flat(read_folder_weights(folder), cfg), folder)
+
+
+def _runtime(overrides: dict, *extra: str) -> dict:
+    allowed = {*extra, *DIT_KIND.runtime_fields}
+    bad = set(overrides) - allowed
+    if bad:
+        raise ValueError(f"from_pretrained overrides {sorted(bad)} would change the architecture; "
+                         f"allowed: {sorted(allowed)}")
+    return overrides

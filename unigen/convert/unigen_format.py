@@ -12,18 +12,20 @@ import os
 
 import jax
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from unigen.convert.weights import fill_module
+from unigen.models.registry import get_model_kind, kind_of
 
 CONFIG_FILE = "unigen_config.json"
 FORMAT_VERSION = 1
 
 
 def module_to_flat(model: nnx.Module, stacked: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """{"blocks.0.qkv.kernel": array, ...}; subtrees named in `stacked` are split per layer."""
+    """{"blocks.0.qkv.kernel": array, ...} for every variable (parameters and buffers); subtrees
+    named in `stacked` are split per layer."""
     flat = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    for path, var in nnx.to_flat_state(nnx.state(model)):
         name = ".".join(str(p) for p in path)
         value = np.asarray(jax.device_get(var[...]))
         if path[0] in stacked:
@@ -35,36 +37,18 @@ def module_to_flat(model: nnx.Module, stacked: tuple[str, ...] = ()) -> dict[str
     return flat
 
 
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: np.asarray(v)})
-    return out
-
-
-def save_pretrained(model: nnx.Module, path: str, *, kind: str = "dit") -> None:
-    """Write `model` (a DiT) to `path` in unigen's format."""
+def save_pretrained(model: nnx.Module, path: str) -> None:
+    """Write `model` (any registered model kind) to `path` in unigen's format."""
     import orbax.checkpoint as ocp
 
+    kind = kind_of(model)
     cfg = model.cfg
     path = os.path.abspath(path)
     os.makedirs(path, exist_ok=True)
-    flat = module_to_flat(model, ("blocks",) if cfg.scan_layers else ())
+    flat = module_to_flat(model, kind.stacked(cfg))
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(path, "params"), _nest(flat), force=True)
-    meta = {"format_version": FORMAT_VERSION, "kind": kind, "config": dataclasses.asdict(cfg)}
+        ckptr.save(os.path.join(path, "params"), traverse_util.unflatten_dict(flat, sep="."), force=True)
+    meta = {"format_version": FORMAT_VERSION, "kind": kind.name, "config": dataclasses.asdict(cfg)}
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=2, default=list)
 
@@ -79,7 +63,21 @@ def load_flat(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         raise ValueError(f"{path}: unigen format version {meta.get('format_version')} is not {FORMAT_VERSION}")
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(os.path.join(os.path.abspath(path), "params"))
-    return meta, _flatten(tree)
+    return meta, {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
+
+
+def load_pretrained(path: str, **overrides) -> nnx.Module:
+    """A module from unigen's format; `overrides` may change the kind's runtime fields only."""
+    meta, flat = load_flat(path)
+    kind = get_model_kind(meta.get("kind"))
+    bad = sorted(set(overrides) - set(kind.runtime_fields))
+    if bad:
+        raise ValueError(f"from_pretrained overrides {bad} would change the architecture; allowed for "
+                         f"model kind {kind.name!r}: {sorted(kind.runtime_fields)}")
+    cfg = kind.config_from_dict({**meta["config"], **overrides})
+    if hasattr(cfg, "validate"):
+        cfg = cfg.validate()
+    return build_filled(kind.module, cfg, flat, path)
 
 
 def build_filled(model_cls, cfg, flat, source: str):

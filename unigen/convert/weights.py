@@ -47,6 +47,20 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def read_folder_weights(folder: str) -> dict[str, np.ndarray]:
+    """All *.safetensors (else *.bin) files of a folder as one flat dict (sharded checkpoints'
+    shards hold disjoint keys)."""
+    import glob
+    files = sorted(glob.glob(os.path.join(folder, "*.safetensors"))) or sorted(
+        glob.glob(os.path.join(folder, "*.bin")))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.safetensors (or *.bin) weight files")
+    sd = {}
+    for f in files:
+        sd.update(read_weights(f))
+    return sd
+
+
 def fill_module(abstract_module: nnx.Module, flat: Mapping[str, np.ndarray], *, source: str) -> nnx.Module:
     """Put `flat` ({"blocks.0.qkv.kernel": array, ...}, one entry per Param, blocks
     unstacked) into a module made with `nnx.eval_shape`. Scanned (stacked) blocks are

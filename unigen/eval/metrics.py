@@ -61,16 +61,16 @@ def reference() -> Reference:
                      float(np.percentile(test_nn, COPY_PERCENTILE)), float(test_nn.mean()))
 
 
-def evaluate_one(images8: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Metrics of one seed's samples, already (N,8,8,1) in [-1,1]."""
+def evaluate_one(images8: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+    """Metrics of one seed's samples, already (N,8,8,1) in [-1,1]; no accuracy without labels."""
     if len(images8) < 2:
         raise ValueError(f"need at least 2 samples per seed for FD, got {len(images8)}")
     ref = reference()
     logits, feats = classify(images8)
     nn = nearest_distances(images8.reshape(len(images8), -1).astype(np.float64),
                            ref.train_flat)
-    return {
-        "accuracy": float((logits.argmax(-1) == labels).mean()),
+    out = {} if labels is None else {"accuracy": float((logits.argmax(-1) == labels).mean())}
+    return out | {
         "fd": frechet_distance(*gaussian_stats(feats), ref.test_mu, ref.test_sigma),
         "nn_dist": float(nn.mean()),
         "copy_share": float((nn < ref.copy_threshold).mean()),
@@ -81,16 +81,19 @@ def summarise(per_seed: list[dict[str, float]], n_per_seed: list[int]) -> dict:
     k = len(per_seed)
     out = {"num_seeds": k, "n_per_seed": n_per_seed, "per_seed": per_seed}
     for m in METRICS:
+        if m not in per_seed[0]:
+            continue
         v = np.array([r[m] for r in per_seed])
         out[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1 if k > 1 else 0))}
     return out
 
 
-def evaluate_samples(images, labels, *, seeds=None) -> dict:
-    """Evaluate class-conditional samples.
+def evaluate_samples(images, labels=None, *, seeds=None) -> dict:
+    """Evaluate samples: class-conditional ones (with labels), or unlabelled ones (labels=None:
+    FD and memorisation, no accuracy).
 
     images: (N,H,W,1) in [-1,1] (any H=W; resized to 8x8 as in protocol.to_eval_space);
-    labels: (N,) requested labels 0..9; seeds: optional (N,) seed id per sample — metrics
+    labels: (N,) requested labels 0..9, or None; seeds: optional (N,) seed id per sample — metrics
     are computed per seed and reported as mean ± std across seeds.
     Returns {"accuracy": {"mean", "std"}, "fd": ..., "nn_dist": ..., "copy_share": ...,
     "num_seeds", "n_per_seed", "per_seed", "copy_threshold"}.
@@ -100,7 +103,7 @@ def evaluate_samples(images, labels, *, seeds=None) -> dict:
     per_seed, counts = [], []
     for s in np.unique(seeds):
         sel = seeds == s
-        per_seed.append({"seed": int(s), **evaluate_one(images8[sel], labels[sel])})
+        per_seed.append({"seed": int(s), **evaluate_one(images8[sel], None if labels is None else labels[sel])})
         counts.append(int(sel.sum()))
     out = summarise(per_seed, counts)
     out["copy_threshold"] = reference().copy_threshold

@@ -60,18 +60,20 @@ def to_eval_space(images: np.ndarray) -> np.ndarray:
 
 
 def validate_samples(images, labels, seeds=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check shapes/ranges; return (images float32 clipped, labels int32, seeds int64)."""
-    images, labels = np.asarray(images), np.asarray(labels)
+    """Check shapes/ranges; return (images float32 clipped, labels int32 or None, seeds int64)."""
+    images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 1 or images.shape[1] < 2 or images.shape[2] < 2:
         raise ValueError(f"images must be (N, H, W, 1) grey digits, got shape {images.shape}")
     n = images.shape[0]
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match images, got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if n and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}, got range "
-                         f"[{labels.min()}, {labels.max()}]")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},) to match images, got {labels.shape}")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+        if n and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise ValueError(f"labels must be in 0..{NUM_CLASSES - 1}, got range "
+                             f"[{labels.min()}, {labels.max()}]")
     if not np.isfinite(images).all():
         raise ValueError("images contain NaN or inf")
     lo, hi = float(images.min()), float(images.max())
@@ -84,4 +86,5 @@ def validate_samples(images, labels, seeds=None) -> tuple[np.ndarray, np.ndarray
     if seeds.shape != (n,) or not np.issubdtype(seeds.dtype, np.integer):
         raise ValueError(f"seed must be ({n},) integers (one per sample), got "
                          f"{seeds.shape} {seeds.dtype}")
-    return np.clip(images.astype(np.float32), -1, 1), labels.astype(np.int32), seeds
+    return (np.clip(images.astype(np.float32), -1, 1), None if labels is None else labels.astype(np.int32),
+            seeds)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from unigen.eval.metrics import COPY_PERCENTILE, reference
+import numpy as np
+
+from unigen.eval.baselines import baselines
+from unigen.eval.metrics import COPY_PERCENTILE, evaluate_samples, reference
 
 _COLUMNS = (("accuracy", "class acc. ↑", 4), ("fd", "FD (test) ↓", 3),
             ("nn_dist", "NN-train L2", 3), ("copy_share", f"< p{COPY_PERCENTILE:g} share", 3))
 
 
-def _cell(m: dict, digits: int) -> str:
-    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
+def _cell(m: dict | None, digits: int) -> str:
+    return "—" if m is None else f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
 
 
 def format_report(rows: dict[str, dict], title: str | None = None) -> str:
@@ -20,7 +23,7 @@ def format_report(rows: dict[str, dict], title: str | None = None) -> str:
         n = r["n_per_seed"]
         n_txt = str(n[0]) if len(set(n)) == 1 else f"{min(n)}-{max(n)}"
         body.append([name, n_txt, str(r["num_seeds"])] +
-                    [_cell(r[key], d) for key, _, d in _COLUMNS])
+                    [_cell(r.get(key), d) for key, _, d in _COLUMNS])
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
 
     def line(row):
@@ -36,3 +39,16 @@ def format_report(rows: dict[str, dict], title: str | None = None) -> str:
                f"than {ref.copy_threshold:.3f}, the p{COPY_PERCENTILE:g} of test-to-train "
                f"distances (test images: 0.05; copies: 1).")
     return "\n".join(out)
+
+
+def report(images, labels, seeds, *, baseline_n=None, with_baselines=True, title="samples"):
+    """(rows, printable table): the samples' metrics (labels=None: unlabelled samples, no
+    accuracy) and, computed the same way at the same count per seed, the Gaussian-mixture and
+    memoriser yardsticks."""
+    rows = {"samples": evaluate_samples(images, labels, seeds=seeds)}
+    if with_baselines:
+        n = baseline_n or int(np.median(rows["samples"]["n_per_seed"]))
+        rows.update(baselines(n=n))
+    text = format_report(rows, title=f"{title}: {len(images)} samples {images.shape[1]}x{images.shape[2]} "
+                                     f"(evaluated at 8x8)")
+    return rows, text

@@ -1,7 +1,7 @@
 """`python infer/evaluate.py --samples FILE.npz [--json OUT.json]` (also `unigen-evaluate`).
 
-FILE.npz holds `images` (N, H, W, 1) in [-1, 1], `labels` (N,) in 0..9 and optionally
-`seed` (N,), one seed id per sample: metrics are computed per seed and shown as
+FILE.npz holds `images` (N, H, W, 1) in [-1, 1], `labels` (N,) in 0..9 (leave it out for
+unconditional samples: no accuracy then) and optionally `seed` (N,), one seed id per sample: metrics are computed per seed and shown as
 mean ± std across seeds. Prints a table with the samples and two yardsticks evaluated the
 same way over the protocol's 3 seeds: a per-class 10-component GMM and the memoriser
 (train images with the same labels). Protocol: unigen/eval/protocol.py; generate labels with
@@ -25,12 +25,13 @@ def load_samples(path: str) -> dict[str, np.ndarray]:
     from unigen.eval.protocol import validate_samples
 
     with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("images", "labels") if k not in z.files]
+        missing = [k for k in ("images",) if k not in z.files]
         if missing:
             raise ValueError(f"{path}: missing array(s) {missing}; found {z.files}. Save with "
                              f"np.savez(path, images=(N,H,W,1) in [-1,1], labels=(N,))")
         seeds = z["seed"] if "seed" in z.files else None
-        images, labels, seeds = validate_samples(z["images"], z["labels"], seeds)
+        labels = z["labels"] if "labels" in z.files else None
+        images, labels, seeds = validate_samples(z["images"], labels, seeds)
     return {"images": images, "labels": labels, "seed": seeds}
 
 
@@ -46,20 +47,6 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-def report(images, labels, seeds, *, baseline_n=None, with_baselines=True, title="samples"):
-    """(rows, printable table): the samples' metrics and, computed the same way at the same
-    count per seed, the Gaussian-mixture and memoriser yardsticks."""
-    from unigen.eval import baselines, evaluate_samples, format_report
-
-    rows = {"samples": evaluate_samples(images, labels, seeds=seeds)}
-    if with_baselines:
-        n = baseline_n or int(np.median(rows["samples"]["n_per_seed"]))
-        rows.update(baselines(n=n))
-    text = format_report(rows, title=f"{title}: {len(labels)} samples {images.shape[1]}x{images.shape[2]} "
-                                     f"(evaluated at 8x8)")
-    return rows, text
-
-
 def main(argv=None) -> int:
     args = _parse(argv)
     try:
@@ -67,6 +54,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from unigen.eval import report
+
     rows, text = report(s["images"], s["labels"], s["seed"], baseline_n=args.baseline_n,
                         with_baselines=not args.no_baselines, title=args.samples)
     print(text)

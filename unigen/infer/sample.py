@@ -1,10 +1,11 @@
 """`python infer/sample.py --workdir DIR --per-class K --seed S --out FILE.npz`
 
-Samples a class-conditional model from a training work dir (its EMA weights, and by
-default the sampler settings of its config) or from any `unigen.from_pretrained` path
-(`--pretrained`; DiT checkpoints use the DiT Gaussian diffusion). Writes FILE.npz with
-`images` (N, H, W, C) in [-1, 1] and `labels` (N,), and FILE.png, a grid with one row per
-class.
+Samples a model from a training work dir (its EMA weights, its task and by default the
+sampler settings of its config; any model kind and task, including ones registered from
+outside unigen through `config.imports`) or a DiT from any `unigen.from_pretrained` path
+(`--pretrained`, sampled with the DiT Gaussian diffusion). Writes FILE.npz with `images`
+(N, H, W, C) in [-1, 1] and `labels` (N,) for class-conditional models, and FILE.png, a grid
+with one row per class.
 """
 
 from __future__ import annotations
@@ -16,32 +17,14 @@ import sys
 import numpy as np
 
 
-def protocol_samples(generator, *, num_samples: int, seeds, batch_size: int = 1000, params=None):
-    """The evaluation protocol's samples (unigen.eval): for each seed, `num_samples` labels
-    following the test split's mix, sampled from PRNGKey(10_000 + seed). Returns
-    (images, labels, seed per sample)."""
-    import jax
-
-    from unigen.eval import eval_labels
-
-    images, labels, seed_of = [], [], []
-    for seed in seeds:
-        y = eval_labels(num_samples, seed)
-        images.append(generator(y, jax.random.PRNGKey(10_000 + seed), batch_size=batch_size, params=params,
-                                progress=True))
-        labels.append(y)
-        seed_of.append(np.full(len(y), seed))
-    return np.concatenate(images), np.concatenate(labels), np.concatenate(seed_of)
-
-
 def _parse(argv):
     p = argparse.ArgumentParser(prog="infer/sample.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="a unigen training work dir")
-    src.add_argument("--pretrained", help="any path unigen.from_pretrained reads")
+    src.add_argument("--pretrained", help="any path unigen.from_pretrained reads (a DiT)")
     p.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
-    p.add_argument("--per-class", type=int, default=8, help="samples per class")
+    p.add_argument("--per-class", type=int, default=8, help="samples per class (per grid row)")
     p.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm_solver_2m | euler | heun")
@@ -56,11 +39,28 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+def _pretrained_task(model):
+    """The DiT Gaussian diffusion task for a DiT read by from_pretrained (no run config)."""
+    import ml_collections
+
+    from unigen.models import kind_of
+    from unigen.tasks import DiffusionTask
+
+    kind, c = kind_of(model), model.cfg
+    if kind.name != "dit":
+        raise ValueError(f"--pretrained samples DiTs; this is a {kind.name!r}: sample its training --workdir")
+    cfg = ml_collections.ConfigDict(dict(
+        data=dict(name="pretrained", image_size=c.input_size, channels=c.in_channels, num_classes=c.num_classes),
+        diffusion=dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss=None),
+        sample=dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels="dit", eta=0.0, clip_denoised=False)))
+    return cfg, DiffusionTask(cfg, kind, c)
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     import jax
+    from flax import nnx
 
-    from unigen.diffusion import GaussianDiffusion
     from unigen.images import save_grid
     from unigen.sampling import Generator
 
@@ -70,53 +70,65 @@ def main(argv=None) -> int:
     if args.per_class < 1:
         print("error: --per-class must be >= 1", file=sys.stderr)
         return 2
-    settings = dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels="dit")
-    if args.workdir:
-        from unigen.training.build import diffusion_process
-        from unigen.training.checkpoint import CheckpointError, is_workdir, load_model_for_inference, read_config
-        if not is_workdir(args.workdir):
-            print(f"error: {args.workdir} is not a unigen training work dir (no config.json + checkpoints/)",
-                  file=sys.stderr)
-            return 2
-        cfg = read_config(args.workdir)
-        try:
+    try:
+        if args.workdir:
+            from unigen.training.build import build, import_plugins
+            from unigen.training.checkpoint import is_workdir, load_model_for_inference, read_config
+            if not is_workdir(args.workdir):
+                raise ValueError(f"{args.workdir} is not a unigen training work dir (no config.json + checkpoints/)")
+            cfg = read_config(args.workdir)
+            import_plugins(cfg)
+            task = build(cfg).task
             model = load_model_for_inference(args.workdir)
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        process = diffusion_process(cfg, model.cfg.learn_sigma)
-        settings = dict(sampler=cfg.sample.sampler, steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale,
-                        guided_channels=cfg.sample.guided_channels,
-                        clip_denoised=cfg.sample.get("clip_denoised", False))
-    else:
-        import unigen
-        model = unigen.from_pretrained(args.pretrained)
-        process = GaussianDiffusion.create(1000, "linear", learn_sigma=model.cfg.learn_sigma)
-    for key in ("sampler", "steps", "cfg_scale", "guided_channels"):
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = int(value) if key == "guided_channels" and value != "dit" else value
-    num_classes = model.cfg.num_classes
-    classes = list(range(num_classes)) if args.classes is None else [int(c) for c in args.classes.split(",")]
-    bad = [c for c in classes if not 0 <= c < num_classes]
-    if bad:
-        print(f"error: --classes {bad} outside 0..{num_classes - 1}", file=sys.stderr)
+        else:
+            import unigen
+            model = unigen.from_pretrained(args.pretrained)
+            cfg, task = _pretrained_task(model)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    gen = Generator(model, process, **settings)
+    settings = {k: getattr(args, k) for k in ("sampler", "steps", "cfg_scale") if getattr(args, k) is not None}
+    if args.guided_channels is not None:
+        settings["guided_channels"] = args.guided_channels if args.guided_channels == "dit" else int(args.guided_channels)
+    graphdef, state = nnx.split(model)
+    try:
+        gen = Generator.from_config(cfg.sample, task, graphdef, **settings)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    num_classes = cfg.data.num_classes
+    classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    if classes is not None and [c for c in classes if not 0 <= c < num_classes]:
+        print(f"error: --classes {classes} outside 0..{num_classes - 1}", file=sys.stderr)
+        return 2
+
+    def generate(cond, num, seed, label=None):
+        return gen((state,), cond, jax.random.PRNGKey(seed), num=num, batch_size=args.batch_size, progress=label)
+
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     png = args.out[:-4] + ".png"
+    labelled = getattr(task, "labelled", False)
     if args.protocol:
+        if not hasattr(task, "protocol_samples"):
+            print(f"error: task {task.name!r} has no evaluation protocol", file=sys.stderr)
+            return 2
         from unigen.eval import N_SAMPLES, SEEDS
-        images, labels, seeds = protocol_samples(gen, num_samples=N_SAMPLES, seeds=SEEDS, batch_size=args.batch_size)
-        np.savez_compressed(args.out, images=images.astype(np.float32), labels=labels, seed=seeds)
-        order = np.concatenate([np.flatnonzero(labels == c)[:args.per_class] for c in classes])
-        save_grid(png, images[order], rows=len(classes))
+        images, labels, seeds = task.protocol_samples(generate, num_samples=N_SAMPLES, seeds=SEEDS)
+        np.savez_compressed(args.out, images=images.astype(np.float32), seed=seeds,
+                            **(dict(labels=labels) if labelled else {}))
+        rows = list(range(num_classes)) if classes is None else classes
+        order = np.concatenate([np.flatnonzero(labels == c)[:args.per_class] for c in rows])
+        save_grid(png, images[order], rows=len(rows))
     else:
-        labels = np.repeat(np.asarray(classes, np.int32), args.per_class)
-        images = gen(labels, jax.random.PRNGKey(args.seed), batch_size=args.batch_size, progress=True)
-        np.savez_compressed(args.out, images=images.astype(np.float32), labels=labels)
-        save_grid(png, images, rows=len(classes))
-    print(f"wrote {args.out} ({len(labels)} samples, {settings}) and {png}")
+        shown = classes if classes is not None else list(range(num_classes))
+        cond, num, rows = task.grid(args.per_class, classes=shown if labelled else None)
+        images = generate(cond, num, args.seed, label="sample")
+        arrays = dict(images=images.astype(np.float32))
+        if labelled:
+            arrays["labels"] = np.repeat(np.asarray(shown, np.int32), args.per_class)
+        np.savez_compressed(args.out, **arrays)
+        save_grid(png, images, rows=rows)
+    print(f"wrote {args.out} ({len(images)} samples, {gen.sampler} {gen.steps} steps) and {png}")
     return 0
 
 

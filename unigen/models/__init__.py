@@ -1,5 +1,8 @@
-"""unigen.models: networks (tensors in, tensors out; objectives live in unigen.diffusion)."""
+"""unigen.models: networks (tensors in, tensors out; objectives live in unigen.diffusion),
+registered by kind (`unigen.models.registry`)."""
 
-from unigen.models.dit import DiT, DiTConfig, dit_config
+from unigen.models.registry import Condition, ModelKind, get_model_kind, kind_of, model_kinds, register_model
+from unigen.models.dit import DiT, DiTConfig, dit_config  # registers "dit"
 
-__all__ = ["DiT", "DiTConfig", "dit_config"]
+__all__ = ["Condition", "ModelKind", "get_model_kind", "kind_of", "model_kinds", "register_model",
+           "DiT", "DiTConfig", "dit_config"]

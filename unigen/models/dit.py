@@ -40,6 +40,7 @@ from unigen.nn.modulate import gate, modulate
 from unigen.nn.norms import layer_norm
 from unigen.nn.patch import check_divisible, patchify, unpatchify
 from unigen.nn.posemb import sincos_2d
+from unigen.models.registry import Condition, ModelKind, register_model
 from unigen.parallel.logical import constrain
 
 # depth, hidden size, heads (DiT Table 1).
@@ -313,3 +314,36 @@ class DiT(nnx.Module):
         cond, uncond = jnp.split(guided, 2)
         mixed = uncond + cfg_scale * (cond - uncond)
         return jnp.concatenate([jnp.concatenate([mixed, mixed]), rest], axis=-1)
+
+
+# ---- the "dit" model kind ----------------------------------------------------------------------
+_RUN_META = {"kind", "name", "compat"}  # config.model entries that are not DiTConfig fields
+
+
+def from_run_config(cfg) -> DiTConfig:
+    """`config.model` (a size preset `name`, `compat`, and DiTConfig fields; None = the preset's
+    value) with the data set's size, channels and classes and the train compute dtype."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    fields = {k: v for k, v in m.items() if k not in _RUN_META and v is not None}
+    known = {f.name for f in dataclasses.fields(DiTConfig)}
+    for k in fields:
+        if k not in known:
+            raise ValueError(f"config.model.{k}={fields[k]!r}: not a DiT field; known: {sorted(known)}")
+    if "attention_options" in fields:
+        fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
+    fields.update(input_size=d.image_size, in_channels=d.channels, num_classes=d.num_classes, dtype=t.compute_dtype)
+    return dit_config(m.get("name", "DiT-S/2"), compat=m.get("compat", "official"), **fields)
+
+
+def conditions(cfg: DiTConfig) -> dict[str, Condition]:
+    """Labels `y`; the null label is id num_classes (a row that exists when trained with dropout)."""
+    if cfg.num_classes == 0:
+        return {}
+    return {"y": Condition(null=cfg.num_classes if cfg.class_dropout_prob > 0 else None,
+                           dropout=cfg.class_dropout_prob)}
+
+
+DIT_KIND = register_model(ModelKind(
+    "dit", DiT, DiTConfig, from_run_config=from_run_config, conditions=conditions,
+    runtime_fields=("scan_layers", "remat", "attention_backend", "attention_options", "dtype", "class_dropout_prob"),
+    stacked=lambda cfg: ("blocks",) if cfg.scan_layers else ()))

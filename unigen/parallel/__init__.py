@@ -15,6 +15,7 @@ Typical use in a trainer::
 from unigen.parallel.batch import (
     batch_sharding,
     batch_spec,
+    batch_ways,
     loader_shard_info,
     local_batch_size,
     process_shard_info,
@@ -44,7 +45,7 @@ from unigen.parallel.state import (
 
 __all__ = [
     "MESH_AXES", "KNOWN_NAMES", "PRESETS", "ShardingReport", "active_rules",
-    "batch_sharding", "batch_spec", "bytes_per_device", "collective_stats", "constrain",
+    "batch_sharding", "batch_spec", "batch_ways", "bytes_per_device", "collective_stats", "constrain",
     "get_rules", "initialize", "is_initialized", "loader_shard_info", "local_batch_size",
     "logical_axes_of", "logical_to_spec", "make_mesh", "mesh_shape", "param_specs",
     "plan_shardings", "process_shard_info", "put_batch", "resolve_mesh_shape",

@@ -64,6 +64,11 @@ def _ways(sharding: NamedSharding, ndim: int) -> list[int]:
     return ways
 
 
+def batch_ways(mesh, rules) -> int:
+    """How many ways the mesh splits a batch (the product of the `input_batch` mesh axes)."""
+    return _ways(batch_sharding(mesh, rules, 1), 1)[0]
+
+
 def loader_shard_info(mesh, rules) -> tuple[int, int]:
     """(shard_index, shard_count) for the data loader of this process.
 

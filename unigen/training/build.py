@@ -1,18 +1,21 @@
-"""Config -> objects, validating the whole config first (DESIGN.md §11).
+"""Config -> (model kind, model config, task), validating the whole config first (DESIGN.md §11).
 
-Every error names the config field (`config.train.batch_size=...`) and says the fix,
-before anything is compiled or any data is read.
+Every error names the config field (`config.train.batch_size=...`) and says the fix, before
+anything is compiled or any data is read. Model kinds and tasks come from their registries
+(`unigen.models.registry`, `unigen.tasks`); `config.imports` names modules (or .py files)
+to import first, so kinds and tasks defined outside unigen register themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import os
+import sys
 
-from unigen.diffusion import GaussianDiffusion, RectifiedFlow
-from unigen.models.dit import DiTConfig, dit_config
-
-SAMPLERS = {"gaussian": ("ddpm", "ddim", "dpm_solver_2m"), "flow": ("euler", "heun", "dpm_solver_2m")}
-_MODEL_META = {"name", "compat"}
+from unigen.models import get_model_kind
+from unigen.tasks import get_task
 
 
 class ConfigError(ValueError):
@@ -24,40 +27,66 @@ def _need(cond: bool, field: str, value, fix: str) -> None:
         raise ConfigError(f"config.{field}={value!r}: {fix}")
 
 
-def model_config(cfg) -> DiTConfig:
-    m, d, t = cfg.model, cfg.data, cfg.train
-    fields = {k: v for k, v in m.items() if k not in _MODEL_META and v is not None}
-    known = {f.name for f in dataclasses.fields(DiTConfig)}
-    for k in fields:
-        _need(k in known, f"model.{k}", fields[k], f"not a DiT field; known: {sorted(known)}")
-    if "attention_options" in fields:
-        fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
-    fields.update(input_size=d.image_size, in_channels=d.channels, num_classes=d.num_classes,
-                  dtype=t.compute_dtype)
+def import_plugins(cfg) -> None:
+    """Import each module name or .py file in `config.imports` (registering kinds and tasks)."""
+    for name in cfg.get("imports", ()) or ():
+        try:
+            if name.endswith(".py"):
+                path = os.path.abspath(name)
+                module = os.path.splitext(os.path.basename(path))[0]
+                if module in sys.modules and getattr(sys.modules[module], "__file__", None) == path:
+                    continue
+                spec = importlib.util.spec_from_file_location(module, path)
+                if spec is None or not os.path.exists(path):
+                    raise FileNotFoundError(f"no file {path}")
+                mod = importlib.util.module_from_spec(spec)
+                sys.modules[module] = mod
+                spec.loader.exec_module(mod)
+            else:
+                importlib.import_module(name)
+        except (ImportError, FileNotFoundError) as e:
+            raise ConfigError(f"config.imports: cannot import {name!r} ({e}); give a module on the Python "
+                              f"path or a .py file") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What a run config builds: the model kind and its config, and the task."""
+    model_kind: object
+    model_cfg: object
+    task: object
+
+
+def build(cfg) -> Run:
+    """The model kind, model config and task of a run config (ConfigError if any is bad)."""
+    import_plugins(cfg)
+    kind_name = cfg.model.get("kind", "dit")
+    task_name = (cfg.get("task") or {}).get("name", "diffusion")
     try:
-        return dit_config(m.name, compat=m.get("compat", "official"), **fields)
+        kind = get_model_kind(kind_name)
     except ValueError as e:
-        raise ConfigError(f"config.model: {e}") from e
-
-
-def diffusion_process(cfg, learn_sigma: bool):
-    dcfg = cfg.diffusion
-    _need(dcfg.kind in SAMPLERS, "diffusion.kind", dcfg.kind, f"use one of {sorted(SAMPLERS)}")
+        raise ConfigError(f"config.model.kind={kind_name!r}: {e}") from None
     try:
-        if dcfg.kind == "gaussian":
-            return GaussianDiffusion.create(dcfg.num_timesteps, dcfg.beta_schedule, learn_sigma=learn_sigma,
-                                            loss=dcfg.loss)
-        _need(not learn_sigma, "model.learn_sigma", learn_sigma, "a rectified flow predicts a velocity: set False")
-        return RectifiedFlow.create(dcfg.get("time_sampling", "logit_normal"), dcfg.get("loc", 0.0),
-                                    dcfg.get("scale", 1.0), dcfg.get("shift", 1.0), dcfg.get("time_scale", 1000.0))
+        task_cls = get_task(task_name)
+    except ValueError as e:
+        raise ConfigError(f"config.task.name={task_name!r}: {e}") from None
+    try:
+        model_cfg = kind.from_run_config(cfg)
     except ConfigError:
         raise
     except ValueError as e:
-        raise ConfigError(f"config.diffusion: {e}") from e
+        raise ConfigError(str(e) if str(e).startswith("config.") else f"config.model: {e}") from None
+    try:
+        task = task_cls(cfg, kind, model_cfg)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e) if str(e).startswith("config.") else f"config.task: {e}") from None
+    return Run(kind, model_cfg, task)
 
 
-def validate(cfg, num_devices: int | None = None):
-    """Check every field; returns (DiTConfig, diffusion process)."""
+def validate(cfg, num_devices: int | None = None) -> Run:
+    """Check every field; returns the Run the config builds."""
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "use a non-negative int")
     d, t, s = cfg.data, cfg.train, cfg.sample
     _need(not d.get("latent_encoder"), "data.latent_encoder", d.get("latent_encoder"),
@@ -65,7 +94,7 @@ def validate(cfg, num_devices: int | None = None):
     _need(d.image_size in (8, 16, 32, 64, 128, 256, 512), "data.image_size", d.image_size,
           "use a power of two between 8 and 512")
     _need(d.channels in (1, 3, 4), "data.channels", d.channels, "use 1 (grey), 3 (RGB) or 4 (latents)")
-    _need(d.num_classes >= 1, "data.num_classes", d.num_classes, "must be >= 1")
+    _need(d.num_classes >= 0, "data.num_classes", d.num_classes, "must be >= 0 (0 = unlabelled)")
     for f in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
         _need(isinstance(t[f], int) and t[f] > 0, f"train.{f}", t[f], "must be a positive int")
     _need(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0 (0 = never)")
@@ -78,20 +107,25 @@ def validate(cfg, num_devices: int | None = None):
           "use 'float32' or 'bfloat16'")
     _need(t.batch_size % t.grad_accum == 0, "train.batch_size", t.batch_size,
           f"must be divisible by train.grad_accum={t.grad_accum}")
+    for pattern in t.get("frozen", ()) or ():
+        _need(isinstance(pattern, str) and pattern, "train.frozen", t.frozen,
+              "use a tuple of regular expressions over parameter paths, e.g. ('text_encoder/',)")
     if num_devices is not None:
         micro = t.batch_size // t.grad_accum
         _need(micro % num_devices == 0 or num_devices == 1, "train.batch_size", t.batch_size,
               f"each micro-batch ({micro}) must split evenly over the {num_devices} devices")
-    model_cfg = model_config(cfg)
-    process = diffusion_process(cfg, model_cfg.learn_sigma)
-    _need(s.sampler in SAMPLERS[cfg.diffusion.kind], "sample.sampler", s.sampler,
-          f"use one of {SAMPLERS[cfg.diffusion.kind]} for diffusion.kind={cfg.diffusion.kind!r}")
+    run = build(cfg)
+    samplers = run.task.process.samplers
+    _need(s.sampler in samplers, "sample.sampler", s.sampler,
+          f"use one of {samplers} for a {type(run.task.process).__name__} (config.diffusion.kind)")
     _need(s.steps >= 1, "sample.steps", s.steps, "must be >= 1")
     _need(s.cfg_scale >= 0, "sample.cfg_scale", s.cfg_scale, "must be >= 0 (1 = no guidance)")
     if s.cfg_scale != 1.0:
-        _need(model_cfg.class_dropout_prob > 0, "sample.cfg_scale", s.cfg_scale,
-              "guidance needs a model trained with label dropout (model.class_dropout_prob > 0)")
+        nulls = run.task.null_cond()
+        _need(nulls and all(v is not None for v in nulls.values()), "sample.cfg_scale", s.cfg_scale,
+              "guidance needs a conditional model trained with condition dropout "
+              "(e.g. model.class_dropout_prob > 0); or set 1.0")
     for f in ("data", "fsdp", "tensor", "context"):
         _need(isinstance(cfg.mesh[f], int) and (cfg.mesh[f] >= 1 or cfg.mesh[f] == -1), f"mesh.{f}",
               cfg.mesh[f], "use a positive int, or -1 to fill the remaining devices")
-    return model_cfg, process
+    return run

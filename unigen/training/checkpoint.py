@@ -1,8 +1,9 @@
 """Checkpoints that survive (DESIGN.md §10): orbax `CheckpointManager` in `<workdir>/checkpoints`.
 
-Each step directory holds the whole `TrainState` (params, AdamW state, EMA, step, rng;
-saved sharded, restored onto whatever mesh the restoring run uses) and the data
-iterator's position (JSON). Orbax writes into a temporary directory and renames it when
+Each step directory holds the whole `TrainState` (params, AdamW state, EMA, step, rng, mutable
+model state; saved sharded, restored onto whatever mesh the restoring run uses) and the data
+iterator's position (JSON). The frozen parts (unigen/training/state.py) are written once per
+work dir, into `<workdir>/frozen`. Orbax writes into a temporary directory and renames it when
 complete, so a run killed at any moment, even during a save, leaves only whole
 checkpoints; leftovers are cleaned up on the next start.
 """
@@ -13,6 +14,8 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from unigen.convert.registry import register_folder
 
 CONFIG_NAME = "config.json"
 
@@ -60,7 +63,8 @@ class Checkpointer:
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
         self.manager.wait_until_finished()
 
-    def _check_compatible(self, step: int, abstract_state) -> None:
+    def _check_compatible(self, step: int, abstract_state):
+        """The checkpoint's metadata tree, after checking it holds what `abstract_state` needs."""
         try:
             meta = self.manager.item_metadata(step)["state"]
         except Exception as e:  # unreadable metadata = a damaged checkpoint
@@ -68,7 +72,7 @@ class Checkpointer:
                 f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {e}); "
                 f"delete that step directory to resume from an earlier one") from e
         if meta is None:
-            return
+            return None
         want, have = _describe(abstract_state), _describe(meta)
         for key, shape in want.items():
             if key not in have:
@@ -82,16 +86,24 @@ class Checkpointer:
         if extra:
             raise CheckpointError(f"checkpoint {self.directory}/{step} has entries this run does not "
                                   f"know: {extra[:5]} (the config differs from the run that wrote it)")
+        return meta
 
     def restore(self, step: int, abstract_state, *, with_data: bool = True):
         """(state, data_state) at `step`. Leaves of `abstract_state` that carry a sharding are
         restored onto it (any mesh, whatever mesh saved them); the others onto one device."""
-        self._check_compatible(step, abstract_state)
+        meta = self._check_compatible(step, abstract_state)
         one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract_state = jax.tree.map(
             lambda a: a if getattr(a, "sharding", None) is not None
             else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device), abstract_state)
-        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        target = abstract_state
+        # Checkpoints written before the state had a `mutable` entry restore when there is none
+        # to fill (a model without BatchStats); the restored state gets the empty entry back.
+        legacy = meta is not None and hasattr(meta, "keys") and "mutable" not in meta.keys() \
+            and hasattr(abstract_state, "mutable") and not jax.tree.leaves(abstract_state.mutable)
+        if legacy:
+            target = {k: v for k, v in vars(abstract_state).items() if k != "mutable"}
+        items = dict(state=ocp.args.StandardRestore(target))
         if with_data:
             items["data"] = ocp.args.JsonRestore()
         try:
@@ -100,7 +112,8 @@ class Checkpointer:
             raise CheckpointError(
                 f"could not restore checkpoint {self.directory}/{step} ({type(e).__name__}: {e}); "
                 f"it is damaged or from another config: delete it to resume from an earlier one") from e
-        return restored["state"], (restored["data"] if with_data else None)
+        state = abstract_state.replace(**restored["state"]) if legacy else restored["state"]
+        return state, (restored["data"] if with_data else None)
 
     def close(self):
         self.manager.close()
@@ -121,33 +134,67 @@ def read_config(workdir: str):
         return from_json(f.read())
 
 
-def abstract_train_state(cfg):
-    """(graphdef, abstract TrainState, DiTConfig) for a config, without allocating."""
+def abstract_train_state(cfg, run=None):
+    """(graphdef, abstract TrainState, abstract frozen tree, Run) for a config, without allocating."""
     from flax import nnx
 
-    from unigen.models.dit import DiT
-    from unigen.training.build import model_config
-    from unigen.training.state import create_train_state, make_optimizer
+    from unigen.training.build import build
+    from unigen.training.state import create_train_state, make_optimizer, split_model
 
-    model_cfg = model_config(cfg)
+    run = run or build(cfg)
     tx, _ = make_optimizer(cfg.train)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: DiT(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
-    abstract = jax.eval_shape(lambda: create_train_state(DiT(model_cfg, rngs=nnx.Rngs(0)), tx, cfg.seed)[1])
-    return graphdef, abstract, model_cfg
+    frozen_patterns = tuple(cfg.train.get("frozen", ()) or ())
+
+    def init():
+        model = run.model_kind.build(run.model_cfg, cfg.seed)
+        _, state, frozen_model = create_train_state(model, tx, cfg.seed, frozen_patterns)
+        return state, {"model": frozen_model, "task": run.task.frozen(cfg.seed)}
+
+    graphdef = split_model(nnx.eval_shape(lambda: run.model_kind.build(run.model_cfg, cfg.seed)), frozen_patterns)[0]
+    state, frozen = jax.eval_shape(init)
+    return graphdef, state, frozen, run
+
+
+FROZEN_DIR = "frozen"
+
+
+def save_frozen(workdir: str, frozen) -> None:
+    """Write the frozen parts once per work dir (nothing when there are none)."""
+    if not jax.tree.leaves(frozen):
+        return
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(os.path.abspath(workdir), FROZEN_DIR), frozen, force=True)
+
+
+def restore_frozen(workdir: str, abstract_frozen):
+    """The frozen parts written by `save_frozen`, onto the abstract tree's shardings."""
+    if not jax.tree.leaves(abstract_frozen):
+        return abstract_frozen
+    path = os.path.join(os.path.abspath(workdir), FROZEN_DIR)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{workdir} has checkpoints but no {FROZEN_DIR}/ (the frozen parts this config "
+                              f"needs): use a new --workdir, or restore that folder")
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_frozen = jax.tree.map(
+        lambda a: a if getattr(a, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device), abstract_frozen)
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, abstract_frozen)
 
 
 def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | None = None, **overrides):
-    """The DiT of a training work dir with its latest (EMA) parameters, on one device.
+    """The model of a training work dir with its latest (EMA) parameters, on one device.
     `overrides` change runtime fields (scan_layers, attention_backend, dtype, ...)."""
     import dataclasses
 
     from flax import nnx
 
     from unigen.convert.unigen_format import build_filled, module_to_flat
-    from unigen.models.dit import DiT
+    from unigen.training.build import import_plugins
 
     cfg = read_config(workdir)
-    graphdef, abstract, model_cfg = abstract_train_state(cfg)
+    import_plugins(cfg)
+    graphdef, abstract, abstract_frozen, run = abstract_train_state(cfg)
     ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
     try:
         step = ckpt.latest_step() if step is None else step
@@ -156,8 +203,20 @@ def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | 
         state, _ = ckpt.restore(step, abstract, with_data=False)
     finally:
         ckpt.close()
-    model = nnx.merge(graphdef, state.ema if use_ema else state.params)
+    frozen = restore_frozen(workdir, abstract_frozen)
+    model = nnx.merge(graphdef, state.ema if use_ema else state.params, state.mutable, frozen["model"])
     if not overrides:
         return model
-    flat = module_to_flat(model, ("blocks",) if model_cfg.scan_layers else ())
-    return build_filled(DiT, dataclasses.replace(model_cfg, **overrides).validate(), flat, workdir)
+    kind = run.model_kind
+    bad = sorted(set(overrides) - set(kind.runtime_fields))
+    if bad:
+        raise ValueError(f"overrides {bad} would change the architecture of model kind {kind.name!r}; "
+                         f"allowed: {sorted(kind.runtime_fields)}")
+    flat = module_to_flat(model, kind.stacked(run.model_cfg))
+    new_cfg = dataclasses.replace(run.model_cfg, **overrides)
+    return build_filled(kind.module, new_cfg, flat, workdir)
+
+
+@register_folder("unigen training work dir", is_workdir)
+def _load_workdir(path: str, **overrides):
+    return load_model_for_inference(path, **overrides)

@@ -1,46 +1,67 @@
 """`python train/train.py --config CONFIG.py --workdir DIR [--config.KEY=VALUE ...]`
 
-Trains (or, on an existing work dir, resumes) the run the config describes. Multi-process
-runs start jax.distributed from --coordinator_address/--num_processes/--process_id, or from
-the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM needs none).
+Trains (or, on an existing work dir, resumes) the run the config describes. The config file and
+its overrides are read by `ml_collections.config_flags` (`--config.train.steps=500`; a tuple as
+`--config.model.attention_options="(('window', 1),)"`; unknown fields are errors). Multi-process
+runs start jax.distributed from --coordinator_address/--num_processes/--process_id, or from the
+environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM needs none).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
-def main(argv=None) -> int:
-    from unigen.training.config import apply_override, load_config_file, parse_overrides
+def parse_flags(argv: list[str]):
+    """(config, flag values) from a command line; raises ValueError with a one-line message."""
+    from absl import flags
+    from ml_collections import config_flags
 
+    fv = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", None, "a Python config file defining get_config()",
+                                             flag_values=fv, lock_config=True)
+    flags.DEFINE_string("workdir", None, "where checkpoints, metrics and samples go", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "number of processes (multi-process)", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "this process's index (multi-process)", flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "show a progress bar (--noprogress: logs only)", flag_values=fv)
+    argv = ["train/train.py"] + [a.replace("--no-progress", "--noprogress") for a in argv]
+    if any(a in ("-h", "--help", "--helpfull") for a in argv):
+        print(__doc__ + "\n" + fv.get_help())
+        raise SystemExit(0)
+    try:
+        fv(argv)
+        if fv.config is None or not fv.workdir:
+            raise ValueError("--config CONFIG.py and --workdir DIR are required")
+        return config.value, fv
+    except ValueError:
+        raise
+    except Exception as e:  # absl / ml_collections errors: an unknown field, a bad value, a bad file
+        text = " ".join(str(e).replace("\\n", " ").split())
+        raise ValueError(text.strip("'\"")) from None
+
+
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides, rest = parse_overrides(argv)
-    parser = argparse.ArgumentParser(prog="train/train.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a Python config file defining get_config()")
-    parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
-    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process)")
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    args = parser.parse_args(rest)
+    try:
+        cfg, fv = parse_flags(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     from unigen import parallel
     from unigen.training.build import ConfigError
+    from unigen.training.checkpoint import CheckpointError
 
     try:
-        cfg = load_config_file(args.config)
-        for key, value in overrides:
-            apply_override(cfg, key, value)
-        if args.coordinator_address or args.num_processes:
-            parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        if fv.coordinator_address or fv.num_processes:
+            parallel.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
         from unigen.training.loop import train
-        result = train(cfg, args.workdir, progress=not args.no_progress)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+        result = train(cfg, fv.workdir, progress=fv.progress)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"done: step {result['step']}, loss {result.get('loss', float('nan')):.4f}; outputs in {args.workdir}")
+    print(f"done: step {result['step']}, loss {result.get('loss', float('nan')):.4f}; outputs in {fv.workdir}")
     return 0
 
 

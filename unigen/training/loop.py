@@ -1,12 +1,14 @@
-"""The trainer: one loop for 1 CPU, 8 fake devices, many GPUs or many hosts.
+"""The trainer: one loop for 1 CPU, 8 fake devices, many GPUs or many hosts, any model kind
+and any task.
 
     train(cfg, workdir)   # validate -> mesh -> state (fresh, init_from, or resumed) -> steps
 
-The step is compiled once with explicit in/out shardings and the state donated. Batches
-come from the grain pipeline, this process's share, placed with
-`make_array_from_process_local_data`. Rerunning on an existing work dir resumes from its
-latest checkpoint, with the data iterator where it was: the result is bitwise the same as
-an uninterrupted run on the same machine.
+The step is compiled once with explicit in/out shardings and the state donated (the frozen
+parts are an argument of their own, never donated). Batches are dicts of named arrays from
+the task's data set, this process's share, placed with `make_array_from_process_local_data`.
+Rerunning on an existing work dir resumes from its latest checkpoint, with the data iterator
+where it was: the result is bitwise the same as an uninterrupted run on the same machine.
+Sample grids and the task's evaluation sample over the whole mesh, in every process.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from unigen import parallel
 from unigen.images import save_grid
-from unigen.models.dit import DiT
+from unigen.models import kind_of
+from unigen.sampling import Generator
 from unigen.training import checkpoint as ckpt_lib
-from unigen.training.build import validate
+from unigen.training.build import ConfigError, validate
 from unigen.training.config import to_json
 from unigen.training.metrics import MetricsLog
 from unigen.training.state import create_train_state, make_optimizer
@@ -36,7 +37,9 @@ from unigen.training.step import make_train_step
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                     "train.keep_checkpoints", "train.lr", "train.grad_clip", "train.warmup_steps",
                     "train.lr_schedule", "train.weight_decay", "train.b1", "train.b2", "train.ema_decay", "sample", "eval", "mesh", "data.data_dir", "model.scan_layers",
-                    "model.remat", "model.attention_backend")
+                    "model.remat", "model.attention_backend", "imports", "train.cpu_custom_vjps")
+# Fields added after work dirs were first written, with the value an older run had.
+INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": []}
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,27 +60,39 @@ def _check_same_run(workdir: str, cfg) -> None:
     for key in sorted(set(old) | set(new)):
         if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
             continue
+        if key not in old and INTRODUCED.get(key) == new.get(key):
+            continue  # written before the field existed, with the value it then implied
         if old.get(key) != new.get(key):
             raise ckpt_lib.CheckpointError(
                 f"{workdir} was trained with config.{key}={old.get(key)!r}, this run asks for "
                 f"{new.get(key)!r}: use a new --workdir, or the same value to resume")
 
 
-def _initial_state(cfg, model_cfg, tx, shardings):
+def _initial_state(cfg, run, tx, shardings, frozen_shardings):
+    kind, patterns = run.model_kind, tuple(cfg.train.get("frozen", ()) or ())
+
     def init():
-        if cfg.init_from:
-            from unigen.pretrained import from_pretrained
-            model = from_pretrained(cfg.init_from, scan_layers=model_cfg.scan_layers)
-            if dataclasses.replace(model.cfg, dtype=model_cfg.dtype, attention_backend=model_cfg.attention_backend,
-                                   remat=model_cfg.remat, class_dropout_prob=model_cfg.class_dropout_prob) != model_cfg:
-                raise ValueError(f"config.init_from={cfg.init_from!r} holds a different architecture "
-                                 f"({model.cfg}) than config.model ({model_cfg})")
-        else:
-            model = DiT(model_cfg, rngs=nnx.Rngs(params=cfg.seed))
-        return create_train_state(model, tx, cfg.seed)[1]
+        model = _init_from(cfg, run) if cfg.init_from else kind.build(run.model_cfg, cfg.seed)
+        _, state, frozen_model = create_train_state(model, tx, cfg.seed, patterns)
+        return state, frozen_model
+
     if cfg.init_from:  # weights read on the host, then placed
-        return jax.device_put(init(), shardings)
-    return jax.jit(init, out_shardings=shardings)()
+        state, frozen_model = jax.device_put(init(), (shardings, frozen_shardings["model"]))
+    else:
+        state, frozen_model = jax.jit(init, out_shardings=(shardings, frozen_shardings["model"]))()
+    task_frozen = jax.device_put(run.task.frozen(cfg.seed), frozen_shardings["task"])
+    return state, {"model": frozen_model, "task": task_frozen}
+
+
+def _init_from(cfg, run):
+    from unigen.pretrained import from_pretrained
+    kind = run.model_kind
+    runtime = {f: getattr(run.model_cfg, f) for f in kind.runtime_fields}
+    model = from_pretrained(cfg.init_from, **runtime)
+    if kind_of(model) is not kind or dataclasses.replace(model.cfg, **runtime) != run.model_cfg:
+        raise ConfigError(f"config.init_from={cfg.init_from!r} holds a different architecture "
+                          f"({kind_of(model).name}: {model.cfg}) than config.model ({kind.name}: {run.model_cfg})")
+    return model
 
 
 def _abstract_with(abstract, shardings):
@@ -86,12 +101,11 @@ def _abstract_with(abstract, shardings):
 
 def train(cfg, workdir: str, *, progress: bool = True) -> dict:
     """Train (or resume) per `cfg` in `workdir`; returns the final metrics (and evaluation)."""
-    from unigen.data.pipeline import make_dataset
-
     parallel.initialize()
     mesh = parallel.make_mesh({k: cfg.mesh[k] for k in parallel.MESH_AXES})
     rules = parallel.get_rules(cfg.mesh.rules)
-    model_cfg, process = validate(cfg, num_devices=mesh.size)
+    run = validate(cfg, num_devices=mesh.size)
+    task = run.task
     main_process = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
     if ckpt_lib.is_workdir(workdir):
@@ -100,48 +114,47 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
         ckpt_lib.save_config(workdir, to_json(cfg))
 
     tx, schedule = make_optimizer(cfg.train)
-    graphdef, abstract, _ = ckpt_lib.abstract_train_state(cfg)
+    graphdef, abstract, abstract_frozen, _ = ckpt_lib.abstract_train_state(cfg, run)
     # the PRNG key is replicated on purpose: every device draws the same timesteps/noise stream.
     shardings = parallel.train_state_shardings(abstract, mesh, rules, regex_rules=((r"^rng$", jax.sharding.PartitionSpec()),))
+    frozen_shardings = parallel.tree_shardings(abstract_frozen, mesh, rules)
     ckpt = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
 
     shard, shards = parallel.loader_shard_info(mesh, rules)
     local_batch = parallel.local_batch_size(cfg.train.batch_size, mesh, rules)
-    dataset = make_dataset(cfg.data.name, "train", batch_size=local_batch, image_size=cfg.data.image_size,
-                           seed=cfg.seed, process_index=shard, process_count=shards,
-                           data_dir=cfg.data.data_dir or None)
-    data_iter = iter(dataset)
+    data_iter = iter(task.dataset("train", batch_size=local_batch, seed=cfg.seed, shard=shard, shards=shards))
 
     start = ckpt.latest_step()
     if start is None:
-        start, state = 0, _initial_state(cfg, model_cfg, tx, shardings)
+        start, (state, frozen) = 0, _initial_state(cfg, run, tx, shardings, frozen_shardings)
+        ckpt_lib.save_frozen(workdir, frozen)
     else:
         state, data_state = ckpt.restore(start, _abstract_with(abstract, shardings))
+        frozen = ckpt_lib.restore_frozen(workdir, _abstract_with(abstract_frozen, frozen_shardings))
         data_iter.set_state(data_state)
     metrics_log = MetricsLog(workdir, resume_step=start) if main_process else None
 
-    train_step = make_train_step(graphdef, process, tx, schedule, grad_accum=cfg.train.grad_accum,
-                                 ema_decay=cfg.train.ema_decay)
+    train_step = make_train_step(graphdef, task, tx, schedule, grad_accum=cfg.train.grad_accum,
+                                 ema_decay=cfg.train.ema_decay, custom_vjps=cfg.train.get("cpu_custom_vjps", True))
 
-    def step_with_rules(state, batch):
+    def step_with_rules(state, frozen, batch):
         with parallel.use_rules(mesh, rules):  # activation constraints apply while tracing
-            return train_step(state, batch)
+            return train_step(state, frozen, batch)
 
-    batch_shardings = {"image": parallel.batch_sharding(mesh, rules, 4), "label": parallel.batch_sharding(mesh, rules, 1)}
-    step_fn = jax.jit(step_with_rules, in_shardings=(shardings, batch_shardings),
-                      out_shardings=(shardings, None), donate_argnums=0)
-
-    # Grids and the final evaluation sample on one process (the weights must be addressable there).
-    single = main_process and jax.process_count() == 1
-    generator = _generator(cfg, graphdef, state, process) if cfg.train.sample_every and single else None
+    step_fn = None  # compiled at the first batch, whose entries fix the batch shardings
+    generator = Generator.from_config(cfg.sample, task, graphdef, mesh=mesh, rules=rules)
     total, t = cfg.train.steps, cfg.train
     bar = _progress(start, total, progress and main_process)
     last_good, last_checked, all_finite, window = start, start, jnp.array(True), (time.perf_counter(), start)
     metrics = {}
     try:
         for step in range(start + 1, total + 1):
-            batch = parallel.put_batch({k: v for k, v in next(data_iter).items() if k in ("image", "label")}, mesh, rules)
-            state, metrics = step_fn(state, batch)
+            batch = parallel.put_batch(next(data_iter), mesh, rules)
+            if step_fn is None:
+                batch_shardings = {k: v.sharding for k, v in batch.items()}
+                step_fn = jax.jit(step_with_rules, in_shardings=(shardings, frozen_shardings, batch_shardings),
+                                  out_shardings=(shardings, None), donate_argnums=0)
+            state, metrics = step_fn(state, frozen, batch)
             all_finite = all_finite & metrics["finite"]
             last = step == total
             if step % t.log_every == 0 or last or step % t.checkpoint_every == 0:
@@ -161,8 +174,9 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
             if step % t.checkpoint_every == 0 or last:
                 ckpt.save(step, state, data_iter.get_state())
                 last_good = step
-            if generator is not None and (step % t.sample_every == 0 or last):
-                _sample_grid(cfg, generator, state, os.path.join(workdir, f"samples_{step:07d}.png"))
+            if t.sample_every and (step % t.sample_every == 0 or last):
+                _sample_grid(cfg, task, generator, _model_states(state, frozen),
+                             os.path.join(workdir, f"samples_{step:07d}.png"), main_process)
             bar.update(1)
     finally:
         bar.close()
@@ -170,9 +184,22 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
         if main_process and metrics_log is not None:
             metrics_log.plot(os.path.join(workdir, "loss.png"))
     result = {"step": total, **{k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}}
-    if cfg.eval.at_end and single:
-        result["eval"] = _final_evaluation(cfg, generator or _generator(cfg, graphdef, state, process), state, workdir)
+    if cfg.eval.at_end:
+        result["eval"] = task.evaluate(_generate_fn(generator, _model_states(state, frozen), cfg.eval.batch_size),
+                                       workdir)
     return result
+
+
+def _model_states(state, frozen):
+    """What `nnx.merge(graphdef, ...)` takes to sample: the EMA weights, mutable and frozen parts."""
+    return (state.ema, state.mutable, frozen["model"])
+
+
+def _generate_fn(generator, states, batch_size):
+    """`generate(cond, num, seed, label=None) -> numpy samples`, the form tasks evaluate with."""
+    def generate(cond, num, seed, label=None):
+        return generator(states, cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
+    return generate
 
 
 def _progress(start, total, enabled):
@@ -180,34 +207,8 @@ def _progress(start, total, enabled):
     return tqdm(total=total, initial=start, desc="train", disable=not enabled, dynamic_ncols=True)
 
 
-def _generator(cfg, graphdef, state, process):
-    from unigen.sampling import Generator
-    model = nnx.merge(graphdef, jax.device_get(state.ema))
-    s = cfg.sample
-    return Generator(model, process, sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
-                     guided_channels=s.guided_channels, eta=s.eta, clip_denoised=s.get("clip_denoised", False))
-
-
-def _sample_grid(cfg, generator, state, path):
-    """One row per class (at most 16 classes, evenly spread, for 1000-class data sets)."""
-    classes = np.unique(np.linspace(0, cfg.data.num_classes - 1, min(cfg.data.num_classes, 16)).astype(int))
-    labels = np.repeat(classes, cfg.sample.per_class)
-    images = generator(labels, jax.random.PRNGKey(cfg.seed + 1), params=state.ema, batch_size=len(labels))
-    save_grid(path, images, rows=len(classes))
-
-
-def _final_evaluation(cfg, generator, state, workdir):
-    """The fixed protocol of unigen.eval: `eval.seeds` x `eval.num_samples` samples whose
-    labels follow the test split's mix, scored against the test split, with yardsticks."""
-    from unigen.infer.evaluate import report
-    from unigen.infer.sample import protocol_samples
-
-    images, labels, seeds = protocol_samples(generator, num_samples=cfg.eval.num_samples,
-                                             seeds=range(cfg.eval.seeds), batch_size=cfg.eval.batch_size,
-                                             params=state.ema)
-    np.savez_compressed(os.path.join(workdir, "eval_samples.npz"), images=images, labels=labels, seed=seeds)
-    rows, text = report(images, labels, seeds, title=os.path.join(workdir, "eval_samples.npz"))
-    print(text)
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    return rows
+def _sample_grid(cfg, task, generator, states, path, main_process):
+    cond, num, rows = task.grid(cfg.sample.per_class)
+    images = generator(states, cond, jax.random.PRNGKey(cfg.seed + 1), num=num, batch_size=num)
+    if main_process:
+        save_grid(path, images, rows=rows)

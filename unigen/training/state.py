@@ -1,13 +1,23 @@
-"""The train state: one pytree holding everything a step reads and writes.
+"""The train state and the model's parts: trainable, mutable, frozen.
 
-`params`, `opt_state` and `ema` are trees of `nnx.Param` Variables (their `logical_axes`
-metadata decides the sharding); `step` is an int32 scalar; `rng` a raw uint32 PRNG key.
-The model's structure (`graphdef`) is static and lives outside, in the step's closure.
+A model's variables split three ways (`split_model`):
+  params   `nnx.Param`s not matched by `config.train.frozen`: optimised, EMA'd, checkpointed;
+  mutable  non-Param variables a forward pass updates (`nnx.BatchStat`): carried in the state
+           and checkpointed, not optimised;
+  frozen   everything else: Params matched by `train.frozen` (e.g. a pretrained encoder inside
+           the model) and constant non-Param variables (buffers). Frozen parts travel beside
+           the state as their own tree (with the task's frozen parts): not donated, not
+           optimised, not EMA'd, written once per work dir rather than with every checkpoint.
+
+`TrainState` holds what each step reads and writes; `params`, `opt_state`, `ema` keep the
+Variables (their `logical_axes` metadata decides the sharding); `step` is an int32 scalar,
+`rng` a raw uint32 PRNG key. The model's structure (`graphdef`) is static and lives outside.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +32,27 @@ class TrainState:
     ema: Any
     step: jax.Array
     rng: jax.Array
+    mutable: Any = None
+
+
+def path_text(path) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def split_model(model: nnx.Module, frozen: Sequence[str] = ()):
+    """(graphdef, params, mutable, frozen) of `model` (see the module docstring); `frozen` are
+    regular expressions searched in each parameter's '/'-joined path."""
+    patterns = [re.compile(p) for p in frozen]
+
+    def trainable(path, value):
+        return isinstance(value, nnx.Param) and not any(p.search(path_text(path)) for p in patterns)
+
+    graphdef, params, mutable, rest = nnx.split(model, trainable, nnx.BatchStat, ...)
+    for p in patterns:
+        if not any(p.search(path_text(path)) for path, _ in nnx.to_flat_state(rest)):
+            raise ValueError(f"config.train.frozen: {p.pattern!r} matches no parameter of the model; "
+                             f"parameter paths look like {path_text(next(iter(nnx.to_flat_state(params)))[0])!r}")
+    return graphdef, params, mutable, rest
 
 
 def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -39,10 +70,10 @@ def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, optax.Sched
     return optax.chain(clip, adamw), schedule
 
 
-def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):
-    """(graphdef, TrainState) for a freshly built or loaded model."""
-    graphdef, params = nnx.split(model, nnx.Param)
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int, frozen: Sequence[str] = ()):
+    """(graphdef, TrainState, frozen model state) for a freshly built or loaded model."""
+    graphdef, params, mutable, rest = split_model(model, frozen)
     ema = jax.tree.map(jnp.copy, params)
     state = TrainState(params=params, opt_state=tx.init(params), ema=ema,
-                       step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed))
-    return graphdef, state
+                       step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed), mutable=mutable)
+    return graphdef, state, rest

@@ -1,0 +1,70 @@
+"""A model kind and a task defined outside `unigen/` (test_plugins.py): a tiny MLP denoiser
+conditioned on a named vector `vec`, and a task that builds that vector from the digits' labels.
+Imported through `config.imports`; nothing in unigen names it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from unigen.models import Condition, ModelKind, register_model
+from unigen.nn import Dense, timestep_embedding
+from unigen.tasks import DiffusionTask, register_task
+
+
+@dataclasses.dataclass(frozen=True)
+class VecNetConfig:
+    image_size: int = 8
+    channels: int = 1
+    vec_dim: int = 10
+    hidden: int = 64
+    scale: float = 1.0  # a runtime field, to check overrides
+
+
+class VecNet(nnx.Module):
+    """x, t, vec -> velocity: an MLP over the flattened image, time features and the vector."""
+
+    def __init__(self, cfg: VecNetConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.image_size ** 2 * cfg.channels
+        self.inp = Dense(d + 32 + cfg.vec_dim, cfg.hidden, axes=(None, "mlp"), rngs=rngs)
+        self.mid = Dense(cfg.hidden, cfg.hidden, axes=("mlp", None), rngs=rngs)
+        self.out = Dense(cfg.hidden, d, axes=(None, None), rngs=rngs)
+        self.buffer = nnx.Variable(jnp.ones(()))  # a non-Param variable: travels frozen
+
+    def __call__(self, x, t, vec):
+        b = x.shape[0]
+        h = jnp.concatenate([x.reshape(b, -1), timestep_embedding(t, 32), vec.astype(x.dtype)], axis=-1)
+        h = jax.nn.silu(self.inp(h))
+        h = jax.nn.silu(self.mid(h)) * self.buffer[...]
+        return self.out(h).reshape(x.shape) * self.cfg.scale
+
+
+def from_run_config(cfg) -> VecNetConfig:
+    return VecNetConfig(image_size=cfg.data.image_size, channels=cfg.data.channels, vec_dim=cfg.data.num_classes,
+                        hidden=cfg.model.hidden)
+
+
+register_model(ModelKind("vecnet", VecNet, VecNetConfig, from_run_config=from_run_config,
+                         conditions=lambda cfg: {"vec": Condition(null=0.0, dropout=0.1)},
+                         runtime_fields=("scale",)))
+
+
+def one_hot(labels, n=10):
+    return np.eye(n, dtype=np.float32)[np.asarray(labels)]
+
+
+@register_task("digits_vec")
+class DigitsVecTask(DiffusionTask):
+    """Rectified flow on the digits, conditioned on the one-hot label as a vector."""
+
+    def dataset(self, split, *, batch_size, seed, shard, shards):
+        base = super().dataset(split, batch_size=batch_size, seed=seed, shard=shard, shards=shards)
+        return base.map(lambda b: {"image": b["image"], "vec": one_hot(b["label"])})
+
+    def conditions_for_labels(self, labels):
+        return {"vec": one_hot(labels)}

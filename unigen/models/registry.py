@@ -1,0 +1,84 @@
+"""Model kinds by name (DESIGN.md §12): `config.model.kind` picks the network.
+
+A kind says how to build its network from a run config, which named conditions it takes and
+what "no condition" means for each (the null condition that condition dropout in training and
+classifier-free guidance in sampling both use), and which of its config fields are runtime
+options rather than architecture. Networks are called `model(x, t, **cond)`.
+
+    register_model(ModelKind("my_net", MyNet, MyNetConfig, from_run_config=..., conditions=...))
+
+A kind registered from outside `unigen/` (a config file may import the module that registers
+it, see `config.imports`) trains, checkpoints, resumes and samples like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """A named model input besides (x, t): its null value (a scalar broadcast to the input's
+    shape, e.g. DiT's null label id, or 0.0 for a vector) and the probability with which
+    training replaces it by the null value (classifier-free guidance, Ho & Salimans 2022)."""
+    null: Any
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    name: str
+    module: type                                  # module(config, rngs=nnx.Rngs(...)), keeps `.cfg`
+    config: type                                  # a frozen dataclass
+    from_run_config: Callable[[Any], Any]         # run config (ConfigDict) -> model config; ValueError if bad
+    conditions: Callable[[Any], dict[str, Condition]] = lambda cfg: {}
+    runtime_fields: tuple[str, ...] = ()          # may differ between save and load (remat, dtype, ...)
+    stacked: Callable[[Any], tuple[str, ...]] = lambda cfg: ()  # subtrees stacked over layers (scan)
+
+    def build(self, config, seed: int = 0):
+        from flax import nnx
+        return self.module(config, rngs=nnx.Rngs(params=seed))
+
+    def config_from_dict(self, fields: dict):
+        """The config from its JSON form (lists back to tuples; unknown fields are errors)."""
+        known = {f.name for f in dataclasses.fields(self.config)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"model kind {self.name!r}: unknown config fields {unknown}; known: {sorted(known)}")
+        return self.config(**{k: _tuples(v) for k, v in fields.items()})
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model(kind: ModelKind) -> ModelKind:
+    """Add (or replace) a model kind; returns it."""
+    if not isinstance(kind, ModelKind):
+        raise TypeError(f"register_model takes a ModelKind, got {type(kind).__name__}")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def get_model_kind(name: str) -> ModelKind:
+    if name not in _KINDS:
+        raise ValueError(f"unknown model kind {name!r}; registered: {sorted(_KINDS)} (a kind defined outside "
+                         f"unigen must be registered first, e.g. by a module named in config.imports)")
+    return _KINDS[name]
+
+
+def kind_of(module) -> ModelKind:
+    """The registered kind whose module class built `module`."""
+    for kind in _KINDS.values():
+        if type(module) is kind.module:
+            return kind
+    raise ValueError(f"{type(module).__name__} is not a registered model kind; register it with "
+                     f"unigen.models.register_model")
+
+
+def model_kinds() -> list[str]:
+    return sorted(_KINDS)

@@ -1,0 +1,111 @@
+"""Training tasks by name (DESIGN.md §12): `config.task.name` picks one.
+
+A task owns everything between the data and the network: what a batch holds, the loss (with
+condition dropout), the frozen parts it needs besides the model, how to sample conditions for
+grids, and the evaluation hook the trainer calls at the end. The trainer, the step, the
+generator and the loaders do not change when a task arrives; one registered from outside
+`unigen/` works the same.
+
+    @register_task("my_task")
+    class MyTask(Task): ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unigen.diffusion.objective import per_example, split_keys
+
+
+class Task:
+    """The interface the trainer and `infer/sample.py` use. Subclasses set `process`,
+    `sample_shape`, `clip` and implement `dataset` and `loss`."""
+
+    name: str = ""
+    process: Any = None                 # the objective (unigen.diffusion.objective protocol)
+    sample_shape: tuple[int, ...] = ()  # one sample, e.g. (H, W, C)
+    clip: bool = True                   # samples are pixels in [-1, 1] (False: latents)
+    needs_forward_mode: bool = False    # the loss uses jax.jvp of the network (no CPU custom VJPs)
+
+    def __init__(self, cfg, model_kind, model_cfg):
+        self.cfg, self.model_kind, self.model_cfg = cfg, model_kind, model_cfg
+        self.conditions = model_kind.conditions(model_cfg)  # name -> Condition
+
+    # ---- data -------------------------------------------------------------------------------
+    def dataset(self, split: str, *, batch_size: int, seed: int, shard: int, shards: int):
+        """A checkpointable iterable (grain: get_state / set_state) of dicts of numpy arrays,
+        each with a leading batch axis of `batch_size` (this process's share)."""
+        raise NotImplementedError
+
+    # ---- frozen parts -----------------------------------------------------------------------
+    def frozen(self, seed: int) -> dict:
+        """Arrays the loss needs but never trains (e.g. a text encoder's weights), built once;
+        they travel beside the train state (not donated, optimised, EMA'd or checkpointed with
+        every step)."""
+        return {}
+
+    # ---- loss -------------------------------------------------------------------------------
+    def loss(self, model, batch: dict, rng, frozen: dict) -> tuple[jax.Array, dict]:
+        """(scalar loss, dict of scalar metrics) for one (micro-)batch. `rng` holds one key per
+        example (draw with `unigen.diffusion.objective.per_example`), so a micro-batched step
+        draws what the whole batch would."""
+        raise NotImplementedError
+
+    def drop_conditions(self, cond: dict, rng) -> dict:
+        """Replace each named condition by its null value with its dropout probability, per
+        example: the same null condition that guidance uses at sampling time."""
+        out = dict(cond)
+        keys = split_keys(rng, max(len(cond), 1))
+        for key, (name, value) in zip(keys, sorted(cond.items())):
+            spec = self.conditions.get(name)
+            if spec is None or not spec.dropout:
+                continue
+            drop = per_example(key, value.shape[0], lambda k: jax.random.uniform(k, ())) < spec.dropout
+            null = jnp.broadcast_to(jnp.asarray(spec.null, value.dtype), value.shape)
+            out[name] = jnp.where(drop.reshape((-1,) + (1,) * (value.ndim - 1)), null, value)
+        return out
+
+    def null_cond(self) -> dict:
+        return {name: c.null for name, c in self.conditions.items()}
+
+    # ---- sampling and evaluation ------------------------------------------------------------
+    def conditions_for_labels(self, labels: np.ndarray) -> dict:
+        """The model's conditions that ask for digit/class `labels` ({} when unconditional)."""
+        return {}
+
+    def grid(self, per_row: int, classes=None) -> tuple[dict, int, int]:
+        """(conditions, number of samples, rows) for a sample grid."""
+        return {}, per_row * 4, 4
+
+    def evaluate(self, generate, workdir: str) -> dict | None:
+        """The final evaluation; `generate(cond, num, seed) -> numpy samples`. None = none."""
+        return None
+
+
+_TASKS: dict[str, type] = {}
+
+
+def register_task(name: str):
+    """Class decorator: make a Task subclass available as `config.task.name = name`."""
+    def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"register_task({name!r}) takes a Task subclass, got {cls!r}")
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+    return add
+
+
+def get_task(name: str) -> type:
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; registered: {sorted(_TASKS)} (a task defined outside "
+                         f"unigen must be registered first, e.g. by a module named in config.imports)")
+    return _TASKS[name]
+
+
+def task_names() -> list[str]:
+    return sorted(_TASKS)

@@ -1,0 +1,116 @@
+"""The "diffusion" task: a diffusion objective on images (or any NHWC arrays) with named
+conditions, e.g. class-conditional DiT on digits or ImageNet.
+
+Config (`config.task`): `conditions` maps each model condition to the batch entry that feeds
+it (default: DiT's `y` <- `label`; any other condition <- the entry of the same name).
+`config.diffusion` picks the objective: kind="gaussian" (DDPM/IDDPM: num_timesteps,
+beta_schedule, loss) or kind="flow" (rectified flow: time_sampling, loc, scale, shift,
+time_scale). Evaluation (digits only): the fixed protocol of `unigen.eval`, with the class
+accuracy when the model is class-conditional and label-free (FD, memorisation) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from unigen.diffusion import GaussianDiffusion, RectifiedFlow
+from unigen.diffusion.objective import split_keys
+from unigen.tasks.base import Task, register_task
+
+PROCESSES = ("gaussian", "flow")
+DEFAULT_BATCH_KEYS = {"y": "label"}
+
+
+def diffusion_process(dcfg, learn_sigma: bool):
+    """The objective `config.diffusion` describes (ValueError naming the field if bad)."""
+    if dcfg.kind not in PROCESSES:
+        raise ValueError(f"config.diffusion.kind={dcfg.kind!r}: use one of {PROCESSES}")
+    try:
+        if dcfg.kind == "gaussian":
+            return GaussianDiffusion.create(dcfg.num_timesteps, dcfg.beta_schedule, learn_sigma=learn_sigma,
+                                            loss=dcfg.get("loss"))
+        if learn_sigma:
+            raise ValueError("config.model.learn_sigma=True: a rectified flow predicts a velocity: set False")
+        return RectifiedFlow.create(dcfg.get("time_sampling", "logit_normal"), dcfg.get("loc", 0.0),
+                                    dcfg.get("scale", 1.0), dcfg.get("shift", 1.0), dcfg.get("time_scale", 1000.0))
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith("config.") else f"config.diffusion: {e}") from None
+
+
+@register_task("diffusion")
+class DiffusionTask(Task):
+    def __init__(self, cfg, model_kind, model_cfg):
+        super().__init__(cfg, model_kind, model_cfg)
+        d = cfg.data
+        self.process = diffusion_process(cfg.diffusion, bool(getattr(model_cfg, "learn_sigma", False)))
+        self.sample_shape = (d.image_size, d.image_size, d.channels)
+        self.clip = True  # pixels in [-1, 1]
+        given = dict((cfg.get("task") or {}).get("conditions") or {})
+        self.batch_keys = {name: given.get(name, DEFAULT_BATCH_KEYS.get(name, name)) for name in self.conditions}
+        # Class-conditional when labels map to conditions (a subclass may map them to anything).
+        self.labelled = bool(self.conditions_for_labels(np.zeros(1, np.int32)))
+
+    def dataset(self, split, *, batch_size, seed, shard, shards):
+        from unigen.data.pipeline import make_dataset
+        d = self.cfg.data
+        return make_dataset(d.name, split, batch_size=batch_size, image_size=d.image_size, seed=seed,
+                            process_index=shard, process_count=shards, data_dir=d.data_dir or None)
+
+    def model_inputs(self, batch: dict) -> tuple:
+        missing = [key for key in ["image", *self.batch_keys.values()] if key not in batch]
+        if missing:
+            raise KeyError(f"task {self.name!r}: the batch has no {missing} (it has {sorted(batch)}); "
+                           f"map the model's conditions with config.task.conditions")
+        return batch["image"], {name: batch[key] for name, key in self.batch_keys.items()}
+
+    def loss(self, model, batch, rng, frozen):
+        x0, cond = self.model_inputs(batch)
+        k_drop, k_loss = split_keys(rng)
+        cond = self.drop_conditions(cond, k_drop)
+        losses = self.process.losses(lambda x, t, **c: model(x, t, **c), x0, k_loss, **cond)
+        return losses["loss"].mean(), {k: v.mean() for k, v in losses.items() if k != "sigma"}
+
+    def conditions_for_labels(self, labels):
+        return {"y": np.asarray(labels, np.int32)} if "y" in self.conditions else {}
+
+    def grid(self, per_row, classes=None):
+        """One row per class (at most 16, evenly spread, for 1000-class data sets)."""
+        num_classes = self.cfg.data.num_classes
+        if not self.labelled:
+            return {}, 4 * per_row, 4
+        if classes is None:
+            classes = np.unique(np.linspace(0, num_classes - 1, min(num_classes, 16)).astype(int))
+        labels = np.repeat(np.asarray(classes, np.int32), per_row)
+        return self.conditions_for_labels(labels), len(labels), len(classes)
+
+    def protocol_samples(self, generate, *, num_samples: int, seeds):
+        """The evaluation protocol's samples (unigen.eval): per seed, `num_samples` labels with the
+        test split's mix, sampled from PRNGKey(10_000 + seed). (images, labels, seed per sample)."""
+        from unigen.eval import eval_labels
+        images, labels, seed_of = [], [], []
+        for i, seed in enumerate(seeds):
+            y = eval_labels(num_samples, seed)
+            images.append(generate(self.conditions_for_labels(y), num_samples, 10_000 + seed,
+                                   label=f"eval seed {i + 1}/{len(seeds)}"))
+            labels.append(y)
+            seed_of.append(np.full(num_samples, seed))
+        return np.concatenate(images), np.concatenate(labels), np.concatenate(seed_of)
+
+    def evaluate(self, generate, workdir):
+        e = self.cfg.eval
+        if self.cfg.data.name != "digits":
+            print(f"no evaluation for data set {self.cfg.data.name!r} (the protocol's classifier is for digits)")
+            return None
+        from unigen.eval import report
+        images, labels, seeds = self.protocol_samples(generate, num_samples=e.num_samples, seeds=range(e.seeds))
+        path = os.path.join(workdir, "eval_samples.npz")
+        arrays = dict(images=images, seed=seeds) | (dict(labels=labels) if self.labelled else {})
+        np.savez_compressed(path, **arrays)
+        rows, text = report(images, labels if self.labelled else None, seeds, title=path)
+        print(text)
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            json.dump(rows, f, indent=2)
+        return rows
