@@ -21,11 +21,13 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.init_from = ""  # a unigen.from_pretrained path to start the weights from
+    c.init_from = ""
+    c.imports = ()  # modules or .py files to import first (model kinds / tasks registered outside unigen)  # a unigen.from_pretrained path to start the weights from
 
     c.data = dict(name="digits", image_size=8, channels=1, num_classes=10, data_dir="")
 
     c.model = dict(
+        kind="dit",               # a registered model kind (unigen.models.registry)
         name="DiT-S/2",           # size/patch preset; the fields below override it
         compat="official",
         depth=4, hidden_size=128, num_heads=4, patch_size=2, mlp_ratio=4.0,
@@ -38,6 +40,7 @@ def get_config():
 
     # kind="flow": rectified flow (time_sampling, loc, scale, shift, time_scale);
     # kind="gaussian": DiT/IDDPM (num_timesteps, beta_schedule, loss; needs learn_sigma=True for "hybrid").
+    c.task = dict(name="diffusion")  # a registered task (unigen.tasks): batch, loss, grids, evaluation
     c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0,
                        time_scale=1000.0, num_timesteps=1000, beta_schedule="linear", loss="hybrid")
 
@@ -46,6 +49,8 @@ def get_config():
         lr=2e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.0,
         b1=0.9, b2=0.99, grad_clip=1.0,
         ema_decay=0.999, compute_dtype="float32",
+        frozen=(),                # regexes of parameter paths to keep frozen (not optimised / EMA'd)
+        cpu_custom_vjps=True,     # CPU-tuned backward kernels in the train step (a no-op on GPUs)
         log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
     )
 

@@ -22,17 +22,19 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.init_from = ""
+    c.imports = ()  # modules or .py files to import first (model kinds / tasks registered outside unigen)
     c.data = dict(name="imagenet2012", image_size=256, channels=3, num_classes=1000, data_dir="",
                   latent_encoder="sd-vae-ft-ema", latent_channels=4, latent_downsample=8, latent_scale=0.18215)
-    # None = the size preset's value (DiT-XL/2: depth 28, width 1152, 16 heads, patch 2).
-    c.model = dict(name="DiT-XL/2", compat="official", depth=None, hidden_size=None, num_heads=None,
-                   patch_size=None, class_dropout_prob=0.1, learn_sigma=True,
+    # The DiT-XL/2 preset's values, spelled out so the command line can override them.
+    c.model = dict(kind="dit", name="DiT-XL/2", compat="official", depth=28, hidden_size=1152, num_heads=16,
+                   patch_size=2, class_dropout_prob=0.1, learn_sigma=True,
                    attention_backend="auto", scan_layers=True, remat=True)
+    c.task = dict(name="diffusion")  # a registered task (unigen.tasks): batch, loss, grids, evaluation
     c.diffusion = dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss="hybrid")
     c.train = dict(
         steps=400_000, batch_size=256, grad_accum=1,
         lr=1e-4, warmup_steps=0, lr_schedule="constant", weight_decay=0.0, b1=0.9, b2=0.999, grad_clip=0.0,
-        ema_decay=0.9999, compute_dtype="bfloat16",
+        ema_decay=0.9999, compute_dtype="bfloat16", frozen=(), cpu_custom_vjps=True,
         log_every=100, checkpoint_every=5000, keep_checkpoints=3, sample_every=10_000,
     )
     c.sample = dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels=3, eta=0.0, clip_denoised=False,
