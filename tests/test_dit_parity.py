@@ -1,4 +1,4 @@
-"""DiT parity: same random weights in, same numbers out (DESIGN.md §5).
+"""DiT parity: same random weights in, same numbers out (docs/design.md §5).
 
 * diffusers `DiTTransformer2DModel` saved as a folder -> `unigen.from_pretrained` (diffusers mode).
 * A small PyTorch re-implementation of the *official* DiT (facebookresearch/DiT models.py,
@@ -160,7 +160,10 @@ def test_official_dit_parity(tmp_path, layout, scan):
     elif layout == "train_pt":
         path = tmp_path / "0001000.pt"
         junk = {k: torch.zeros_like(v) for k, v in sd.items()}
-        torch.save({"model": junk, "ema": sd, "opt": {}, "args": None}, path)  # EMA must win
+        # As the official train.py writes it: the argparse.Namespace of its flags under "args".
+        import argparse
+        args = argparse.Namespace(model="DiT-XL/2", image_size=256, num_classes=1000, global_batch_size=256)
+        torch.save({"model": junk, "ema": sd, "opt": {}, "args": args}, path)  # EMA must win
     else:
         from safetensors.torch import save_file
         path = tmp_path / "dit.safetensors"

@@ -152,7 +152,7 @@ def test_unlabelled_samples_get_fd_and_memorisation_without_accuracy(tmp_path, c
 
 
 @pytest.mark.parametrize("arrays, message", [
-    (dict(labels=np.zeros(4, int)), "missing"),
+    (dict(labels=np.zeros(4, int)), "no `images` array"),
     (dict(images=np.zeros((4, 8, 8)), labels=np.zeros(4, int)), r"\(N, H, W, 1\)"),
     (dict(images=np.zeros((4, 8, 8, 1)), labels=np.zeros(3, int)), "labels must have shape"),
     (dict(images=np.full((4, 8, 8, 1), 1.5), labels=np.zeros(4, int)), r"\[-1, 1\]"),

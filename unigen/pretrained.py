@@ -1,4 +1,4 @@
-"""`unigen.from_pretrained(path)`: a ready module from a weight file or folder (DESIGN.md §6).
+"""`unigen.from_pretrained(path)`: a ready module from a weight file or folder (docs/design.md §6).
 
 Dispatch, in order:
   * a file: the registered file loaders (official DiT `.pt`/`.pth`/`.safetensors`: a raw state
@@ -33,9 +33,12 @@ __all__ = ["from_pretrained", "save_pretrained"]
 def _read_json(path: str) -> dict:
     try:
         with open(path) as f:
-            return json.load(f)
+            config = json.load(f)
     except json.JSONDecodeError as e:
         raise WeightError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise WeightError(f"{path} holds a {type(config).__name__}, not a JSON object of config fields")
+    return config
 
 
 def _config_loader(folder: str):
@@ -68,7 +71,7 @@ def from_pretrained(path: str, *, subfolder: str | None = None, **overrides):
             raise WeightError(f"{path}: unknown weight file type; known: {registry.known_sources()}")
         return found[1](path, **overrides)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no file or folder at {path}" + (f" (subfolder={subfolder!r})" if subfolder else ""))
+        raise WeightError(f"no file or folder at {path}" + (f" (subfolder={subfolder!r})" if subfolder else ""))
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         return load_pretrained(path, **overrides)
     found = _config_loader(path)

@@ -5,6 +5,7 @@ pretrained folder (orbax) that `from_pretrained` loads and a training run can st
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def main(argv=None):
@@ -16,12 +17,18 @@ def main(argv=None):
                         help="head count, for an official checkpoint of non-standard width")
     args = parser.parse_args(argv)
     import unigen
+    from unigen.errors import UnigenError
 
-    model = unigen.from_pretrained(args.src, subfolder=args.subfolder,
-                                   **({} if args.num_heads is None else {"num_heads": args.num_heads}))
-    unigen.save_pretrained(model, args.dst)
+    try:
+        model = unigen.from_pretrained(args.src, subfolder=args.subfolder,
+                                       **({} if args.num_heads is None else {"num_heads": args.num_heads}))
+        unigen.save_pretrained(model, args.dst)
+    except UnigenError as e:  # expected failures: one line; anything else keeps its traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.dst}: {type(model).__name__} {model.cfg}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -15,6 +15,7 @@ import numpy as np
 
 from unigen.convert.registry import register_diffusers, register_file
 from unigen.convert.weights import WeightError, read_folder_weights, read_weights
+from unigen.errors import ConfigError
 from unigen.convert.unigen_format import build_filled
 from unigen.models.dit import DIT_KIND, DIT_SIZES, DiT, DiTConfig, dit_config
 from unigen.nn.posemb import sincos_2d
@@ -118,25 +119,42 @@ def official_to_flat(sd: dict[str, np.ndarray], cfg: DiTConfig) -> dict[str, np.
     return dst
 
 
-def diffusers_config(config: dict[str, Any], **overrides: Any) -> DiTConfig:
+def _field(config: dict, key: str, kind: type, default):
+    """config[key] (or the default) checked to be a `kind`; a WeightError names the field."""
+    value = config.get(key, default)
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise WeightError(f"config.json field {key!r} = {value!r} should be {kind.__name__}")
+    return value
+
+
+def diffusers_config(config: dict, **overrides: Any) -> DiTConfig:
     """Map a diffusers `DiTTransformer2DModel` config.json onto DiTConfig."""
-    if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-        raise WeightError(f"only norm_type='ada_norm_zero' DiTs are supported, got {config['norm_type']!r}")
-    if config.get("activation_fn", "gelu-approximate") != "gelu-approximate":
-        raise WeightError(f"only activation_fn='gelu-approximate' is supported, got {config['activation_fn']!r}")
-    heads, head_dim = config.get("num_attention_heads", 16), config.get("attention_head_dim", 72)
-    in_ch = config.get("in_channels", 4)
+    norm_type = _field(config, "norm_type", str, "ada_norm_zero")
+    if norm_type != "ada_norm_zero":
+        raise WeightError(f"only norm_type='ada_norm_zero' DiTs are supported, got {norm_type!r}")
+    activation = _field(config, "activation_fn", str, "gelu-approximate")
+    if activation != "gelu-approximate":
+        raise WeightError(f"only activation_fn='gelu-approximate' is supported, got {activation!r}")
+    heads, head_dim = _field(config, "num_attention_heads", int, 16), _field(config, "attention_head_dim", int, 72)
+    in_ch = _field(config, "in_channels", int, 4)
     out_ch = config.get("out_channels") or in_ch
-    if out_ch not in (in_ch, 2 * in_ch):
-        raise WeightError(f"out_channels={out_ch} must equal in_channels or twice it (learned sigma)")
+    if not isinstance(out_ch, int) or out_ch not in (in_ch, 2 * in_ch):
+        raise WeightError(f"config.json field 'out_channels' = {out_ch!r} must equal in_channels or twice it "
+                          f"(learned sigma)")
     fields = dict(
-        hidden_size=heads * head_dim, num_heads=heads, depth=config.get("num_layers", 28),
-        in_channels=in_ch, learn_sigma=(out_ch == 2 * in_ch), patch_size=config.get("patch_size", 2),
-        input_size=config.get("sample_size", 32), num_classes=config.get("num_embeds_ada_norm", 1000),
-        class_dropout_prob=0.1, mlp_norm_eps=config.get("norm_eps", 1e-5),
+        hidden_size=heads * head_dim, num_heads=heads, depth=_field(config, "num_layers", int, 28),
+        in_channels=in_ch, learn_sigma=(out_ch == 2 * in_ch), patch_size=_field(config, "patch_size", int, 2),
+        input_size=_field(config, "sample_size", int, 32), num_classes=_field(config, "num_embeds_ada_norm", int, 1000),
+        class_dropout_prob=0.1, mlp_norm_eps=_field(config, "norm_eps", float, 1e-5),
     )
     fields.update(overrides)
-    return dit_config("DiT-XL/2", compat="diffusers", **fields)
+    try:
+        return dit_config("DiT-XL/2", compat="diffusers", **fields)
+    except ValueError as e:
+        raise WeightError(f"config.json does not describe a valid DiT: {e}") from None
 
 
 def diffusers_to_flat(sd: dict[str, np.ndarray], cfg: DiTConfig) -> dict[str, np.ndarray]:
@@ -178,7 +196,10 @@ def load_official(path: str, **overrides):
 
 @register_diffusers("DiTTransformer2DModel")
 def load_diffusers(folder: str, config: dict, **overrides):
-    cfg = diffusers_config(config, **_runtime(overrides))
+    try:
+        cfg = diffusers_config(config, **_runtime(overrides))
+    except WeightError as e:
+        raise WeightError(f"{folder}: {e}") from None
     return build_filled(DiT, cfg, diffusers_to_flat(read_folder_weights(folder), cfg), folder)
 
 
@@ -186,6 +207,6 @@ def _runtime(overrides: dict, *extra: str) -> dict:
     allowed = {*extra, *DIT_KIND.runtime_fields}
     bad = set(overrides) - allowed
     if bad:
-        raise ValueError(f"from_pretrained overrides {sorted(bad)} would change the architecture; "
+        raise ConfigError(f"from_pretrained overrides {sorted(bad)} would change the architecture; "
                          f"allowed: {sorted(allowed)}")
     return overrides

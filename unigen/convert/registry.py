@@ -1,4 +1,4 @@
-"""Where `unigen.from_pretrained` looks: loaders registered by source format (DESIGN.md §6).
+"""Where `unigen.from_pretrained` looks: loaders registered by source format (docs/design.md §6).
 
   register_diffusers("SD3Transformer2DModel")(load)    # a diffusers folder's config `_class_name`
   register_transformers("bert")(load)                  # a transformers folder's config `model_type`

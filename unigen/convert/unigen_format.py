@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from unigen.convert.weights import fill_module
+from unigen.errors import ConfigError, WeightError
 from unigen.models.registry import get_model_kind, kind_of
 
 CONFIG_FILE = "unigen_config.json"
@@ -57,26 +58,41 @@ def load_flat(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     """(metadata, flat params) from a unigen pretrained folder."""
     import orbax.checkpoint as ocp
 
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        meta = json.load(f)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unigen format version {meta.get('format_version')} is not {FORMAT_VERSION}")
-    with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(os.path.join(os.path.abspath(path), "params"))
+    config_path = os.path.join(path, CONFIG_FILE)
+    try:
+        with open(config_path) as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as e:
+        raise WeightError(f"{config_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise WeightError(f"{config_path}: unigen format version "
+                          f"{meta.get('format_version') if isinstance(meta, dict) else None!r} is not {FORMAT_VERSION}")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            tree = ckptr.restore(os.path.join(os.path.abspath(path), "params"))
+    except Exception as e:  # a missing or damaged params/ folder
+        raise WeightError(f"{path}/params cannot be read ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})") from None
     return meta, {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep=".").items()}
 
 
 def load_pretrained(path: str, **overrides) -> nnx.Module:
     """A module from unigen's format; `overrides` may change the kind's runtime fields only."""
     meta, flat = load_flat(path)
-    kind = get_model_kind(meta.get("kind"))
+    try:
+        kind = get_model_kind(meta.get("kind"))
+        cfg_fields = dict(meta["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightError(f"{os.path.join(path, CONFIG_FILE)}: {e}") from None
     bad = sorted(set(overrides) - set(kind.runtime_fields))
     if bad:
-        raise ValueError(f"from_pretrained overrides {bad} would change the architecture; allowed for "
+        raise ConfigError(f"from_pretrained overrides {bad} would change the architecture; allowed for "
                          f"model kind {kind.name!r}: {sorted(kind.runtime_fields)}")
-    cfg = kind.config_from_dict({**meta["config"], **overrides})
-    if hasattr(cfg, "validate"):
-        cfg = cfg.validate()
+    try:
+        cfg = kind.config_from_dict({**cfg_fields, **overrides})
+        cfg = cfg.validate() if hasattr(cfg, "validate") else cfg
+    except (ValueError, TypeError) as e:
+        raise WeightError(f"{os.path.join(path, CONFIG_FILE)}: {e}") from None
     return build_filled(kind.module, cfg, flat, path)
 
 

@@ -1,7 +1,7 @@
 """Reading weight files and filling a module's parameters, strictly.
 
 Safetensors are read with numpy (no torch). `.pt`/`.pth`/`.bin` files are read with
-`torch.load(weights_only=True)` only when torch is installed (DESIGN.md §6).
+`torch.load(weights_only=True)` only when torch is installed (docs/design.md §6).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from unigen.errors import WeightError
 
-class WeightError(ValueError):
-    """A weight file does not match the model: names the key and both shapes."""
+
 
 
 def read_weights(path: str) -> dict[str, np.ndarray]:
     """A flat {key: float32/int numpy array} from a .safetensors or a torch checkpoint."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no weight file at {path}")
+        raise WeightError(f"no weight file at {path}")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
         return dict(load_file(path))
@@ -32,7 +32,17 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
             f"{path} is a PyTorch checkpoint; reading it needs torch (`pip install torch`), "
             "or convert it to .safetensors first"
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    import argparse
+    import pickle
+
+    # weights_only=True never runs arbitrary code; the official DiT train.py also stores its
+    # argparse.Namespace ("args") in the checkpoint, so that one class is allowed by name.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise WeightError(f"{path} cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         # A DiT train.py checkpoint {"model", "ema", "opt", "args"}: sample with the EMA
         # weights, as the official sample.py does with released checkpoints.
@@ -54,7 +64,7 @@ def read_folder_weights(folder: str) -> dict[str, np.ndarray]:
     files = sorted(glob.glob(os.path.join(folder, "*.safetensors"))) or sorted(
         glob.glob(os.path.join(folder, "*.bin")))
     if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors (or *.bin) weight files")
+        raise WeightError(f"{folder}: no *.safetensors (or *.bin) weight files")
     sd = {}
     for f in files:
         sd.update(read_weights(f))

@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from unigen.data.tfds_source import data_source
+from unigen.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Preprocess:
         if img.ndim == 2:
             img = img[..., None]
         if img.ndim != 3:
-            raise ValueError(f"feature {self.image_key!r} must be HWC, got shape {img.shape}")
+            raise DataError(f"feature {self.image_key!r} must be HWC, got shape {img.shape}")
         if self.crop == "center":
             h, w = img.shape[:2]
             s = min(h, w)
@@ -78,7 +79,7 @@ def _is_int(v) -> bool:
 
 def _check(name, value, ok, fix):
     if not ok:
-        raise ValueError(f"make_dataset: {name}={value!r} is invalid; {fix}")
+        raise DataError(f"make_dataset: {name}={value!r} is invalid; {fix}")
 
 
 def make_dataset(name: str, split: str, *, batch_size: int, image_size: int | None,

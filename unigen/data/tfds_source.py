@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from unigen.errors import DataError, DataNotFound
+
 EMBEDDED = ("digits",)
 
 
@@ -62,7 +64,10 @@ def prepare_digits(data_dir: str | os.PathLike | None = None):
     with _exclusive(os.path.join(data_dir, ".unigen_digits.lock")):
         builder = make()  # another process may have finished while we waited
         if not builder.is_prepared():
-            # Nothing to download; never ask GCS for a pre-built copy either.
+            # Nothing to download; never ask GCS for a pre-built copy either. TFDS' "Downloading
+            # ... Unknown size" and shuffling bars describe a 2-second local write: hidden.
+            tfds.disable_progress_bar()
+            print(f"preparing the digits data set in {data_dir} (once)", flush=True)
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
@@ -86,11 +91,11 @@ def _not_prepared_message(name: str, data_dir: str) -> str:
 def load_builder(name: str, data_dir: str | os.PathLike | None = None):
     """A prepared builder for `name` (e.g. 'mnist', 'cifar10:3.0.2', 'imagenet2012').
 
-    Raises FileNotFoundError saying how to prepare the data set when it is not on disk, and
-    ValueError when it is on disk in a format grain cannot read (not array_record).
+    Raises DataNotFound (a FileNotFoundError) saying how to prepare the data set when it is not
+    on disk, and DataError when it is on disk in a format grain cannot read (not array_record).
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"data set name must be a non-empty string, got {name!r}")
+        raise DataError(f"data set name must be a non-empty string, got {name!r}")
     if name.split(":")[0].split("/")[0] in EMBEDDED:
         return prepare_digits(data_dir)
     from tensorflow_datasets.core import read_only_builder, registered
@@ -100,10 +105,10 @@ def load_builder(name: str, data_dir: str | os.PathLike | None = None):
         # Reads only files under data_dir: no generation code, no GCS, no download.
         builder = read_only_builder.builder_from_files(name, data_dir=data_dir)
     except registered.DatasetNotFoundError:
-        raise FileNotFoundError(_not_prepared_message(name, data_dir)) from None
+        raise DataNotFound(_not_prepared_message(name, data_dir)) from None
     fmt = str(getattr(builder.info.file_format, "value", builder.info.file_format))
     if fmt != "array_record":
-        raise ValueError(
+        raise DataError(
             f"TFDS data set {name!r} in {builder.data_dir} is stored as {fmt!r}; grain's "
             f"random access needs array_record. Convert it once with\n"
             f"  tfds convert_format --dataset_version_dir={builder.data_dir} "
@@ -117,6 +122,6 @@ def data_source(name: str, split: str, data_dir: str | os.PathLike | None = None
     builder = load_builder(name, data_dir)
     # Sub-splits such as 'train[:90%]' are fine; check the base name only.
     if split.split("[")[0] not in builder.info.splits:
-        raise ValueError(f"split {split!r} not in {name!r}; available: "
+        raise DataError(f"split {split!r} not in {name!r}; available: "
                          f"{sorted(builder.info.splits.keys())}")
     return builder.as_data_source(split=split)

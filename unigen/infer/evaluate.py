@@ -19,19 +19,29 @@ import numpy as np
 
 
 def load_samples(path: str) -> dict[str, np.ndarray]:
-    """Read and validate FILE.npz; raise ValueError naming the problem."""
-    if not os.path.exists(path):
-        raise ValueError(f"--samples {path!r}: no such file")
+    """Read and validate FILE.npz; raise SamplesError naming the file and the problem."""
+    import zipfile
+
+    from unigen.errors import SamplesError
     from unigen.eval.protocol import validate_samples
 
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("images",) if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing array(s) {missing}; found {z.files}. Save with "
-                             f"np.savez(path, images=(N,H,W,1) in [-1,1], labels=(N,))")
-        seeds = z["seed"] if "seed" in z.files else None
-        labels = z["labels"] if "labels" in z.files else None
-        images, labels, seeds = validate_samples(z["images"], labels, seeds)
+    if not os.path.exists(path):
+        raise SamplesError(f"--samples {path!r}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z.files:
+                raise SamplesError(f"{path}: no `images` array (found {z.files}). Save with "
+                                   f"np.savez(path, images=(N,H,W,1) in [-1,1], labels=(N,))")
+            arrays = {k: z[k] for k in ("images", "labels", "seed") if k in z.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        if isinstance(e, SamplesError):
+            raise
+        raise SamplesError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); "
+                           f"write it again with np.savez") from None
+    try:
+        images, labels, seeds = validate_samples(arrays["images"], arrays.get("labels"), arrays.get("seed"))
+    except ValueError as e:
+        raise SamplesError(f"{path}: {e}") from None
     return {"images": images, "labels": labels, "seed": seeds}
 
 
@@ -49,9 +59,12 @@ def _parse(argv):
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    from unigen.training.cli import quiet_third_party_logs
+    quiet_third_party_logs()
+    from unigen.errors import UnigenError
     try:
         s = load_samples(args.samples)
-    except ValueError as e:
+    except UnigenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from unigen.eval import report

@@ -1,4 +1,4 @@
-"""Config -> (model kind, model config, task), validating the whole config first (DESIGN.md §11).
+"""Config -> (model kind, model config, task), validating the whole config first (docs/design.md §11).
 
 Every error names the config field (`config.train.batch_size=...`) and says the fix, before
 anything is compiled or any data is read. Model kinds and tasks come from their registries
@@ -14,12 +14,12 @@ import importlib.util
 import os
 import sys
 
+from flax import nnx
+
+from unigen.errors import ConfigError
 from unigen.models import get_model_kind
 from unigen.tasks import get_task
-
-
-class ConfigError(ValueError):
-    pass
+from unigen.training.state import split_model
 
 
 def _need(cond: bool, field: str, value, fix: str) -> None:
@@ -115,6 +115,11 @@ def validate(cfg, num_devices: int | None = None) -> Run:
         _need(micro % num_devices == 0 or num_devices == 1, "train.batch_size", t.batch_size,
               f"each micro-batch ({micro}) must split evenly over the {num_devices} devices")
     run = build(cfg)
+    if t.get("frozen"):
+        try:
+            split_model(nnx.eval_shape(lambda: run.model_kind.build(run.model_cfg)), tuple(t.frozen))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     samplers = run.task.process.samplers
     _need(s.sampler in samplers, "sample.sampler", s.sampler,
           f"use one of {samplers} for a {type(run.task.process).__name__} (config.diffusion.kind)")

@@ -12,10 +12,21 @@ from __future__ import annotations
 import sys
 
 
+def quiet_third_party_logs() -> None:
+    """Hide the warnings of the libraries underneath (TFDS' "OpenCV is not installed", "Variant
+    folder has no dataset_info.json", ...) that say nothing a unigen user can act on; errors
+    still show."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
 def parse_flags(argv: list[str]):
-    """(config, flag values) from a command line; raises ValueError with a one-line message."""
+    """(config, flag values) from a command line; raises ConfigError with a one-line message."""
     from absl import flags
     from ml_collections import config_flags
+    from ml_collections.config_flags.config_flags import UnsupportedOperationError
+
+    from unigen.errors import ConfigError
 
     fv = flags.FlagValues()
     config = config_flags.DEFINE_config_file("config", None, "a Python config file defining get_config()",
@@ -31,34 +42,29 @@ def parse_flags(argv: list[str]):
         raise SystemExit(0)
     try:
         fv(argv)
-        if fv.config is None or not fv.workdir:
-            raise ValueError("--config CONFIG.py and --workdir DIR are required")
-        return config.value, fv
-    except ValueError:
-        raise
-    except Exception as e:  # absl / ml_collections errors: an unknown field, a bad value, a bad file
+    # absl / ml_collections: an unknown flag or field (AttributeError/KeyError, with a "did you
+    # mean"), a value of the wrong type, an unreadable config file
+    except (flags.Error, AttributeError, KeyError, TypeError, OSError, UnsupportedOperationError) as e:
         text = " ".join(str(e).replace("\\n", " ").split())
-        raise ValueError(text.strip("'\"")) from None
+        raise ConfigError(text.strip("'\"")) from None
+    if fv.config is None or not fv.workdir:
+        raise ConfigError("--config CONFIG.py and --workdir DIR are required")
+    return config.value, fv
 
 
 def main(argv=None) -> int:
+    from unigen.errors import UnigenError
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_third_party_logs()
     try:
         cfg, fv = parse_flags(argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    from unigen import parallel
-    from unigen.training.build import ConfigError
-    from unigen.training.checkpoint import CheckpointError
-
-    try:
+        from unigen import parallel
         if fv.coordinator_address or fv.num_processes:
             parallel.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
         from unigen.training.loop import train
         result = train(cfg, fv.workdir, progress=fv.progress)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except UnigenError as e:  # expected failures: one line; anything else keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done: step {result['step']}, loss {result.get('loss', float('nan')):.4f}; outputs in {fv.workdir}")
