@@ -1,4 +1,4 @@
-"""Checkpoints that survive (DESIGN.md §10): orbax `CheckpointManager` in `<workdir>/checkpoints`.
+"""Checkpoints that survive (docs/design.md §10): orbax `CheckpointManager` in `<workdir>/checkpoints`.
 
 Each step directory holds the whole `TrainState` (params, AdamW state, EMA, step, rng, mutable
 model state; saved sharded, restored onto whatever mesh the restoring run uses) and the data
@@ -10,18 +10,25 @@ checkpoints; leftovers are cleaned up on the next start.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
 from unigen.convert.registry import register_folder
+from unigen.errors import CheckpointError, ConfigError
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint step that cannot be read (as opposed to one written by another config)."""
 
 CONFIG_NAME = "config.json"
 
 
-class CheckpointError(RuntimeError):
-    pass
 
 
 def is_workdir(path: str) -> bool:
@@ -68,9 +75,7 @@ class Checkpointer:
         try:
             meta = self.manager.item_metadata(step)["state"]
         except Exception as e:  # unreadable metadata = a damaged checkpoint
-            raise CheckpointError(
-                f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {e}); "
-                f"delete that step directory to resume from an earlier one") from e
+            raise DamagedCheckpoint(f"{type(e).__name__}: {_first_line(e)}") from e
         if meta is None:
             return None
         want, have = _describe(abstract_state), _describe(meta)
@@ -107,16 +112,86 @@ class Checkpointer:
         if with_data:
             items["data"] = ocp.args.JsonRestore()
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:
-            raise CheckpointError(
-                f"could not restore checkpoint {self.directory}/{step} ({type(e).__name__}: {e}); "
-                f"it is damaged or from another config: delete it to resume from an earlier one") from e
+            with _quiet_async_errors():
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # the metadata matched this config: the data is damaged
+            raise DamagedCheckpoint(f"{type(e).__name__}: {_first_line(e)}") from e
         state = abstract_state.replace(**restored["state"]) if legacy else restored["state"]
         return state, (restored["data"] if with_data else None)
 
+    def restore_latest(self, abstract_state):
+        """(step, state, data_state) of the newest readable checkpoint, or None when there is
+        none. A step that cannot be read is moved aside (kept, never deleted) with a two-line
+        warning, and the next newest is tried; when every step was damaged, a CheckpointError."""
+        moved = []
+        while (step := self.latest_step()) is not None:
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except DamagedCheckpoint as e:
+                moved.append(self.move_aside(step))
+                if jax.process_index() == 0:
+                    print(f"warning: checkpoint {self.directory}/{step} cannot be read ({e}); moved it to "
+                          f"{moved[-1]}\nwarning: resuming from the newest readable checkpoint before it",
+                          file=sys.stderr, flush=True)
+        if moved:
+            raise CheckpointError(f"no readable checkpoint is left in {self.directory} (the damaged ones are in "
+                                  f"{os.path.dirname(moved[-1])}): use a new --workdir, or move a good step back")
+        return None
+
+    def move_aside(self, step: int) -> str:
+        """Move step `step` to <workdir>/damaged_checkpoints/<step>-<time> (process 0; the others
+        wait for it) and forget it; returns the new path."""
+        parent = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+        dst = os.path.join(parent, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            os.makedirs(parent, exist_ok=True)
+            os.rename(os.path.join(self.directory, str(step)), dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"unigen_move_aside_{step}")
+        self.manager.reload()
+        return dst
+
     def close(self):
         self.manager.close()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0].split(". See full")[0][:200] if text else ""
+
+
+def _drop_orphaned_read_errors(unraisable) -> None:
+    """After a damaged step, the reads of orbax's other arrays are abandoned when the first one
+    fails: each fails later on its own ('Encountered error while reading array index', or
+    'Event loop is closed' once its loop is gone) and Python reports it as an unraisable
+    exception when it is collected: dozens of tracebacks around one real error. Drop exactly
+    those; pass every other unraisable exception on."""
+    name = getattr(unraisable.object, "__qualname__", "") or ""
+    if "_read_array_index" in name or (isinstance(unraisable.exc_value, RuntimeError)
+                                       and "Event loop is closed" in str(unraisable.exc_value)):
+        return
+    _PREVIOUS_HOOK[0](unraisable)
+
+
+_PREVIOUS_HOOK = [sys.unraisablehook]
+
+
+@contextlib.contextmanager
+def _quiet_async_errors():
+    """Silence the asyncio logger while restoring, and from the first read on, the orphaned
+    read errors of a damaged step (see `_drop_orphaned_read_errors`); the restore's own error
+    still propagates."""
+    if sys.unraisablehook is not _drop_orphaned_read_errors:
+        _PREVIOUS_HOOK[0] = sys.unraisablehook
+        sys.unraisablehook = _drop_orphaned_read_errors
+    log = logging.getLogger("asyncio")
+    previous_level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(previous_level)
 
 
 def save_config(workdir: str, cfg_json: str) -> None:
@@ -210,7 +285,7 @@ def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | 
     kind = run.model_kind
     bad = sorted(set(overrides) - set(kind.runtime_fields))
     if bad:
-        raise ValueError(f"overrides {bad} would change the architecture of model kind {kind.name!r}; "
+        raise ConfigError(f"overrides {bad} would change the architecture of model kind {kind.name!r}; "
                          f"allowed: {sorted(kind.runtime_fields)}")
     flat = module_to_flat(model, kind.stacked(run.model_cfg))
     new_cfg = dataclasses.replace(run.model_cfg, **overrides)

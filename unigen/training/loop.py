@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from unigen import parallel
+from unigen.errors import CheckpointError, ConfigError, UnigenError
 from unigen.images import save_grid
 from unigen.models import kind_of
 from unigen.sampling import Generator
 from unigen.training import checkpoint as ckpt_lib
-from unigen.training.build import ConfigError, validate
+from unigen.training.build import validate
 from unigen.training.config import to_json
-from unigen.training.metrics import MetricsLog
+from unigen.training.metrics import MetricsLog, log_eval
 from unigen.training.state import create_train_state, make_optimizer
 from unigen.training.step import make_train_step
 
@@ -42,7 +43,7 @@ RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", 
 INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": []}
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UnigenError, RuntimeError):
     pass
 
 
@@ -63,7 +64,7 @@ def _check_same_run(workdir: str, cfg) -> None:
         if key not in old and INTRODUCED.get(key) == new.get(key):
             continue  # written before the field existed, with the value it then implied
         if old.get(key) != new.get(key):
-            raise ckpt_lib.CheckpointError(
+            raise CheckpointError(
                 f"{workdir} was trained with config.{key}={old.get(key)!r}, this run asks for "
                 f"{new.get(key)!r}: use a new --workdir, or the same value to resume")
 
@@ -108,6 +109,8 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
     task = run.task
     main_process = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file: give a folder (new or a unigen work dir)")
     if ckpt_lib.is_workdir(workdir):
         _check_same_run(workdir, cfg)
     elif main_process:
@@ -124,14 +127,17 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
     local_batch = parallel.local_batch_size(cfg.train.batch_size, mesh, rules)
     data_iter = iter(task.dataset("train", batch_size=local_batch, seed=cfg.seed, shard=shard, shards=shards))
 
-    start = ckpt.latest_step()
-    if start is None:
+    restored = ckpt.restore_latest(_abstract_with(abstract, shardings))
+    if restored is None:
         start, (state, frozen) = 0, _initial_state(cfg, run, tx, shardings, frozen_shardings)
         ckpt_lib.save_frozen(workdir, frozen)
     else:
-        state, data_state = ckpt.restore(start, _abstract_with(abstract, shardings))
+        start, state, data_state = restored
         frozen = ckpt_lib.restore_frozen(workdir, _abstract_with(abstract_frozen, frozen_shardings))
         data_iter.set_state(data_state)
+    if start >= cfg.train.steps:
+        ckpt.close()
+        return _finished_run(cfg, task, graphdef, state, frozen, workdir, start, mesh, rules)
     metrics_log = MetricsLog(workdir, resume_step=start) if main_process else None
 
     train_step = make_train_step(graphdef, task, tx, schedule, grad_accum=cfg.train.grad_accum,
@@ -175,18 +181,44 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
                 ckpt.save(step, state, data_iter.get_state())
                 last_good = step
             if t.sample_every and (step % t.sample_every == 0 or last):
-                _sample_grid(cfg, task, generator, _model_states(state, frozen),
-                             os.path.join(workdir, f"samples_{step:07d}.png"), main_process)
+                grid = _sample_grid(cfg, task, generator, _model_states(state, frozen),
+                                    os.path.join(workdir, f"samples_{step:07d}.png"), main_process)
+                if grid is not None:
+                    metrics_log.image("samples", grid, step)
             bar.update(1)
     finally:
         bar.close()
         ckpt.close()
         if main_process and metrics_log is not None:
             metrics_log.plot(os.path.join(workdir, "loss.png"))
+            metrics_log.close()
     result = {"step": total, **{k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}}
     if cfg.eval.at_end:
-        result["eval"] = task.evaluate(_generate_fn(generator, _model_states(state, frozen), cfg.eval.batch_size),
-                                       workdir)
+        result["eval"] = _evaluate(cfg, task, generator, state, frozen, workdir, total)
+    return result
+
+
+def _evaluate(cfg, task, generator, state, frozen, workdir, step):
+    rows = task.evaluate(_generate_fn(generator, _model_states(state, frozen), cfg.eval.batch_size), workdir)
+    if rows and jax.process_index() == 0:
+        log_eval(workdir, step, rows)
+    return rows
+
+
+def _finished_run(cfg, task, graphdef, state, frozen, workdir, step, mesh, rules):
+    """A rerun of a run already at (or past) its last step: no training; the evaluation only when
+    eval.json is missing or `eval.rerun` asks for it."""
+    if step > cfg.train.steps:
+        raise CheckpointError(f"{workdir} is at step {step}, past config.train.steps={cfg.train.steps}: "
+                              f"raise train.steps to continue it, or use a new --workdir")
+    print(f"{workdir} is already at its last step ({step}): nothing to train", flush=True)
+    result = {"step": step, **MetricsLog.last_row(workdir, step)}
+    eval_json = os.path.join(workdir, "eval.json")
+    if cfg.eval.at_end and (cfg.eval.get("rerun", False) or not os.path.exists(eval_json)):
+        generator = Generator.from_config(cfg.sample, task, graphdef, mesh=mesh, rules=rules)
+        result["eval"] = _evaluate(cfg, task, generator, state, frozen, workdir, step)
+    elif cfg.eval.at_end:
+        print(f"evaluation: {eval_json} (set --config.eval.rerun=True to evaluate again)", flush=True)
     return result
 
 
@@ -210,5 +242,4 @@ def _progress(start, total, enabled):
 def _sample_grid(cfg, task, generator, states, path, main_process):
     cond, num, rows = task.grid(cfg.sample.per_class)
     images = generator(states, cond, jax.random.PRNGKey(cfg.seed + 1), num=num, batch_size=num)
-    if main_process:
-        save_grid(path, images, rows=rows)
+    return save_grid(path, images, rows=rows) if main_process else None

@@ -1,4 +1,6 @@
-"""Metrics a person can plot: `metrics.jsonl` (one JSON object per logged step) and `loss.png`."""
+"""Metrics a person can plot: `metrics.jsonl` (one JSON object per logged step), `loss.png`, and
+TensorBoard event files in `<workdir>/tensorboard` (scalars and sample grids; tensorboardX, no
+TensorFlow): `tensorboard --logdir <workdir>/tensorboard`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,13 @@ import os
 
 class MetricsLog:
     def __init__(self, workdir: str, *, resume_step: int = 0):
+        from tensorboardX import SummaryWriter
+
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.rows = []
+        # purge_step: a resumed run hides the events an interrupted one wrote after its checkpoint.
+        self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1,
+                                    flush_secs=30)
         if os.path.exists(self.path):
             # A resumed run repeats the steps after its checkpoint: drop their old rows.
             with open(self.path) as f:
@@ -28,10 +35,36 @@ class MetricsLog:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
         os.replace(tmp, self.path)
 
+    @staticmethod
+    def last_row(workdir: str, step: int) -> dict:
+        """The logged metrics of `step` ({} if it was not logged), without the step and rates."""
+        path = os.path.join(workdir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            for line in reversed(f.readlines()):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("step") == step:
+                    return {k: v for k, v in row.items() if k not in ("step", "steps_per_s", "images_per_s")}
+        return {}
+
     def write(self, row: dict) -> None:
         self.rows.append(row)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"train/{key}", value, row["step"])
+
+    def image(self, tag: str, grid, step: int) -> None:
+        """A (H, W, C) uint8 image (a sample grid) at `step`."""
+        self.writer.add_image(tag, grid, step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.writer.close()
 
     def plot(self, png_path: str) -> None:
         import matplotlib
@@ -57,3 +90,13 @@ class MetricsLog:
         fig.tight_layout()
         fig.savefig(png_path, dpi=100)
         plt.close(fig)
+
+
+def log_eval(workdir: str, step: int, rows: dict) -> None:
+    """The evaluation's figures (the samples' row: mean over seeds) as TensorBoard scalars."""
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
+        for name, value in rows.get("samples", {}).items():
+            if isinstance(value, dict) and "mean" in value:
+                writer.add_scalar(f"eval/{name}", value["mean"], step)
