@@ -5,6 +5,8 @@
     images = gen(states, {"y": labels}, rng)          # numpy (N, H, W, C)
     gen = Generator.for_model(model, process, ...)    # the same, from a module
 
+Sample i is drawn from `fold_in(rng, i)` alone, so it does not depend on the batch size, the
+number of devices or processes: `infer/sample.py --protocol` reproduces the trainer's evaluation.
 `states` are what `nnx.merge(graphdef, *states)` takes (e.g. the EMA parameters and the
 frozen parts): an explicit argument of one compiled sampling loop, so sampling the weights of
 every checkpoint reuses it and no weights are baked into a compiled closure. With a `mesh`,
@@ -97,10 +99,13 @@ class Generator:
             options["clip_denoised"] = self.clip_denoised
         run, shape = SAMPLERS[self.sampler], (batch, *self.sample_shape)
 
-        def sample(states, cond, rng):
+        def sample(states, cond, rng, index):
+            # One key per sample, fold_in(rng, its index): a sample depends on (rng, index) only,
+            # not on the batch size or the devices it is computed on.
+            keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
             rules = parallel.use_rules(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
             with rules:
-                return run(self.process, self.model_fn, shape, rng, cond=dict(states=states, **cond), **options)
+                return run(self.process, self.model_fn, shape, keys, cond=dict(states=states, **cond), **options)
 
         if self.mesh is None:
             fn = jax.jit(sample)
@@ -144,12 +149,13 @@ class Generator:
             batch = -(-batch // ways) * ways
         fn, out = self._sample_fn(batch), []
         bar = _bar(progress, n)
-        for i, start in enumerate(range(0, n, batch)):
+        for start in range(0, n, batch):
             part = {k: v[start:start + batch] for k, v in cond.items()}
             m = min(batch, n - start)
             if m < batch:  # keep one compiled shape: pad with copies of the first row
                 part = {k: np.concatenate([v, np.repeat(v[:1], batch - m, axis=0)]) for k, v in part.items()}
-            x = fn(states, {k: self._place(v) for k, v in part.items()}, jax.random.fold_in(rng, i))
+            index = np.arange(start, start + batch, dtype=np.int32)
+            x = fn(states, {k: self._place(v) for k, v in part.items()}, rng, self._place(index))
             out.append(self._gather(x)[:m])
             if bar is not None:
                 bar.update(m)

@@ -1,5 +1,5 @@
 """The objective protocol: what the train step, the samplers and the generator ask of a
-diffusion process, so that none of them dispatches on its type (DESIGN.md §2).
+diffusion process, so that none of them dispatches on its type (docs/design.md §2).
 
 `GaussianDiffusion` (DDPM/IDDPM) and `RectifiedFlow` implement it; the multi-timestep and
 latent-zoning objectives of later families implement it too. A process is a frozen,
@@ -44,7 +44,8 @@ class Objective(Protocol):
         """The data prediction x0 at grid point g (a scalar of `dpm_grid`'s grid)."""
 
 
-def _is_key_batch(rng) -> bool:
+def is_key_batch(rng) -> bool:
+    """True for one key per example ((B,) typed keys or (B, 2) raw keys), False for one key."""
     if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
         return rng.ndim == 1
     return rng.ndim == 2  # raw uint32 keys (B, 2)
@@ -52,7 +53,7 @@ def _is_key_batch(rng) -> bool:
 
 def split_keys(rng, num: int = 2) -> tuple:
     """`num` independent keys of the same form as `rng` (one key, or one key per example)."""
-    if _is_key_batch(rng):
+    if is_key_batch(rng):
         return tuple(jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, num))(rng), 1, 0))
     return tuple(jax.random.split(rng, num))
 
@@ -60,7 +61,7 @@ def split_keys(rng, num: int = 2) -> tuple:
 def per_example(rng, n: int, draw: Callable[[jax.Array], jax.Array]) -> jax.Array:
     """Stack `draw(key)` over n examples: from the per-example keys `rng` (B = n), or from n keys
     split off one key."""
-    keys = rng if _is_key_batch(rng) else jax.random.split(rng, n)
+    keys = rng if is_key_batch(rng) else jax.random.split(rng, n)
     if keys.shape[0] != n:
         raise ValueError(f"{keys.shape[0]} per-example keys for a batch of {n}")
     return jax.vmap(draw)(keys)

@@ -17,6 +17,8 @@ Common call shape:
             and cond=dict(params=params, y=labels).
   shape     output shape (B, ...), channels last; x starts as N(0, I) from rng,
             or `noise` (the x_T / z_1 to start from).
+  rng       one PRNG key, or one key per example ((B, 2) raw keys): then example i's noise
+            (start and steps) depends on its key alone, not on the batch it is sampled in.
   cond      dict of arrays/pytrees forwarded as **cond (traced: new values do not recompile).
 Returns the final sample, shape `shape`. All functions are also traceable inside a caller's jit.
 """
@@ -30,7 +32,7 @@ import numpy as np
 
 from unigen.diffusion.flow import RectifiedFlow, shift_sigma
 from unigen.diffusion.gaussian import GaussianDiffusion
-from unigen.diffusion.objective import check_objective
+from unigen.diffusion.objective import check_objective, is_key_batch, per_example, split_keys
 
 _BAR = [None]  # the tqdm bar of the call in progress (progress=True only)
 
@@ -53,9 +55,26 @@ def _run(fn, total, progress, *args):
 
 
 def _start(shape, rng, noise):
-    k_init, k_steps = jax.random.split(rng)
-    x = jax.random.normal(k_init, shape, jnp.float32) if noise is None else noise
-    return x, k_steps
+    """x_T (from `noise`, else drawn) and the key(s) for the later steps. `rng` is one key, or
+    one key per example: then sample i depends on its own key only, whatever the batch."""
+    k_init, k_steps = split_keys(rng)
+    if noise is None:
+        noise = (per_example(k_init, shape[0], lambda k: jax.random.normal(k, shape[1:], jnp.float32))
+                 if is_key_batch(k_init) else jax.random.normal(k_init, shape, jnp.float32))
+    return noise, k_steps
+
+
+def _step_keys(k_steps, n):
+    """(n, ...) keys, one per step: (n, 2) from one key, (n, B, 2) from per-example keys."""
+    if is_key_batch(k_steps):
+        return jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, n))(k_steps), 0, 1)
+    return jax.random.split(k_steps, n)
+
+
+def _noise_like(key, x):
+    if is_key_batch(key):  # one key per example
+        return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(key)
+    return jax.random.normal(key, x.shape, x.dtype)
 
 
 def _check(process, kind, name, shape, noise):
@@ -75,7 +94,7 @@ def _ddpm_ddim(diff, model_fn, shape, rng, cond, noise, clip_denoised, ddim, pro
         i, key = inp
         t = jnp.full((shape[0],), i, jnp.int32)
         out = diff.p_mean_variance(model_fn(x, diff.model_timesteps(t), **cond), x, t, clip_denoised)
-        z = jax.random.normal(key, x.shape, x.dtype)
+        z = _noise_like(key, x)
         if ddim:  # DDIM eq. 12 with sigma_t(eta) (eq. 16); eps re-derived from (clipped) x0
             eps = diff.predict_eps_from_xstart(x, t, out["pred_xstart"])
             ab, ab_prev = diff._at(diff.alphas_cumprod, t, x), diff._at(diff.alphas_cumprod_prev, t, x)
@@ -88,7 +107,7 @@ def _ddpm_ddim(diff, model_fn, shape, rng, cond, noise, clip_denoised, ddim, pro
             jax.debug.callback(_tick)
         return x, None
 
-    x, _ = jax.lax.scan(body, x, (jnp.arange(T - 1, -1, -1), jax.random.split(k_steps, T)))
+    x, _ = jax.lax.scan(body, x, (jnp.arange(T - 1, -1, -1), _step_keys(k_steps, T)))
     return x
 
 

@@ -32,10 +32,13 @@ def _parse(argv):
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--guided-channels", default=None,
                    help="guide only the first N output channels ('dit' = 3, the official DiT behaviour)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="samples per compiled batch (default: the config's eval.batch_size, else 500); "
+                        "samples do not depend on it")
     p.add_argument("--protocol", action="store_true",
-                   help="the evaluation protocol instead of --per-class: 5000 samples per seed 0, 1, 2 with "
-                        "the test split's label mix (a `seed` array goes into the npz)")
+                   help="the evaluation protocol instead of --per-class: the run's eval.num_samples per seed "
+                        "(5000 per seed 0, 1, 2 by default) with the test split's label mix (a `seed` array "
+                        "goes into the npz); reproduces the trainer's eval.json")
     return p.parse_args(argv)
 
 
@@ -43,12 +46,13 @@ def _pretrained_task(model):
     """The DiT Gaussian diffusion task for a DiT read by from_pretrained (no run config)."""
     import ml_collections
 
+    from unigen.errors import ConfigError
     from unigen.models import kind_of
     from unigen.tasks import DiffusionTask
 
     kind, c = kind_of(model), model.cfg
     if kind.name != "dit":
-        raise ValueError(f"--pretrained samples DiTs; this is a {kind.name!r}: sample its training --workdir")
+        raise ConfigError(f"--pretrained samples DiTs; this is a {kind.name!r}: sample its training --workdir")
     cfg = ml_collections.ConfigDict(dict(
         data=dict(name="pretrained", image_size=c.input_size, channels=c.in_channels, num_classes=c.num_classes),
         diffusion=dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss=None),
@@ -58,62 +62,74 @@ def _pretrained_task(model):
 
 def main(argv=None) -> int:
     args = _parse(argv)
+    from unigen.training.cli import quiet_third_party_logs
+    quiet_third_party_logs()
+    from unigen.errors import UnigenError
+    try:
+        return _sample(args)
+    except UnigenError as e:  # expected failures: one line; anything else keeps its traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _sample(args) -> int:
     import jax
     from flax import nnx
 
+    from unigen.errors import ConfigError
     from unigen.images import save_grid
     from unigen.sampling import Generator
 
     if not args.out.endswith(".npz"):
-        print("error: --out must end with .npz", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--out {args.out!r} must end with .npz")
     if args.per_class < 1:
-        print("error: --per-class must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        if args.workdir:
-            from unigen.training.build import build, import_plugins
-            from unigen.training.checkpoint import is_workdir, load_model_for_inference, read_config
-            if not is_workdir(args.workdir):
-                raise ValueError(f"{args.workdir} is not a unigen training work dir (no config.json + checkpoints/)")
-            cfg = read_config(args.workdir)
-            import_plugins(cfg)
-            task = build(cfg).task
-            model = load_model_for_inference(args.workdir)
-        else:
-            import unigen
-            model = unigen.from_pretrained(args.pretrained)
-            cfg, task = _pretrained_task(model)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--per-class {args.per_class} must be >= 1")
+    if args.workdir:
+        from unigen.training.build import build, import_plugins
+        from unigen.training.checkpoint import is_workdir, load_model_for_inference, read_config
+        if not is_workdir(args.workdir):
+            raise ConfigError(f"--workdir {args.workdir} is not a unigen training work dir (no config.json + "
+                              f"checkpoints/)")
+        cfg = read_config(args.workdir)
+        import_plugins(cfg)
+        task = build(cfg).task
+        model = load_model_for_inference(args.workdir)
+    else:
+        import unigen
+        model = unigen.from_pretrained(args.pretrained)
+        cfg, task = _pretrained_task(model)
     settings = {k: getattr(args, k) for k in ("sampler", "steps", "cfg_scale") if getattr(args, k) is not None}
     if args.guided_channels is not None:
         settings["guided_channels"] = args.guided_channels if args.guided_channels == "dit" else int(args.guided_channels)
     graphdef, state = nnx.split(model)
     try:
         gen = Generator.from_config(cfg.sample, task, graphdef, **settings)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # a sampler that does not fit the objective, guidance without a null condition
+        raise ConfigError(f"--sampler/--steps/--cfg-scale: {e}") from None
     num_classes = cfg.data.num_classes
-    classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    try:
+        classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    except ValueError:
+        raise ConfigError(f"--classes {args.classes!r}: give comma-separated class ids, e.g. 0,5,9") from None
     if classes is not None and [c for c in classes if not 0 <= c < num_classes]:
-        print(f"error: --classes {classes} outside 0..{num_classes - 1}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--classes {classes} outside 0..{num_classes - 1}")
+
+    batch_size = args.batch_size or (cfg.eval.batch_size if "eval" in cfg else 500)
 
     def generate(cond, num, seed, label=None):
-        return gen((state,), cond, jax.random.PRNGKey(seed), num=num, batch_size=args.batch_size, progress=label)
+        return gen((state,), cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     png = args.out[:-4] + ".png"
     labelled = getattr(task, "labelled", False)
     if args.protocol:
         if not hasattr(task, "protocol_samples"):
-            print(f"error: task {task.name!r} has no evaluation protocol", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--protocol: task {task.name!r} has no evaluation protocol")
         from unigen.eval import N_SAMPLES, SEEDS
-        images, labels, seeds = task.protocol_samples(generate, num_samples=N_SAMPLES, seeds=SEEDS)
+        # A work dir's own protocol (its config's eval section), so the trainer's eval.json
+        # is reproduced exactly; the standard 3 x 5000 otherwise.
+        num, seeds = (cfg.eval.num_samples, range(cfg.eval.seeds)) if "eval" in cfg else (N_SAMPLES, SEEDS)
+        images, labels, seeds = task.protocol_samples(generate, num_samples=num, seeds=seeds)
         np.savez_compressed(args.out, images=images.astype(np.float32), seed=seeds,
                             **(dict(labels=labels) if labelled else {}))
         rows = list(range(num_classes)) if classes is None else classes
