@@ -10,7 +10,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def make_grid(images: np.ndarray, rows: int, *, pad: int = 1, upscale: int = 1) -> np.ndarray:
+def make_grid(images: np.ndarray, rows: int, *, pad: int = 1, upscale: int = 1, fill: int = 255) -> np.ndarray:
     """(N, H, W, C) in [-1, 1] -> one (rows*(H+pad)+pad, cols*(W+pad)+pad, C) uint8 image,
     filled row by row (so `rows` classes x `N/rows` samples gives one row per class)."""
     images = to_uint8(images)
@@ -19,18 +19,22 @@ def make_grid(images: np.ndarray, rows: int, *, pad: int = 1, upscale: int = 1) 
         images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
         h, w = h * upscale, w * upscale
     cols = -(-n // rows)
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), fill, np.uint8)
     for i in range(n):
         r, k = divmod(i, cols)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = images[i]
     return grid
 
 
-def save_grid(path: str, images: np.ndarray, rows: int, *, upscale: int | None = None) -> None:
+def save_grid(path: str, images: np.ndarray, rows: int, *, upscale: int | None = None) -> np.ndarray:
+    """Write the grid as a PNG; returns it ((H, W, C) uint8)."""
     from PIL import Image
 
     h = images.shape[1]
     upscale = upscale or max(1, 48 // h)  # tiny digits are unreadable at 8 px
-    grid = make_grid(images, rows, upscale=upscale)
+    # Nearest upscaling keeps the pixels sharp; a mid-grey gap of a sixth of a cell keeps the
+    # cells apart (1-px white lines between dark 8x8 digits read as streaks at normal size).
+    grid = make_grid(images, rows, upscale=upscale, pad=max(2, h * upscale // 6), fill=128)
     mode = "L" if grid.shape[-1] == 1 else "RGB"
     Image.fromarray(grid[..., 0] if mode == "L" else grid[..., :3], mode=mode).save(path)
+    return grid

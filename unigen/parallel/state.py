@@ -46,6 +46,17 @@ class ShardingReport:
     indivisible: list[str] = dataclasses.field(default_factory=list)
     by_path: list[str] = dataclasses.field(default_factory=list)  # resolved via rule 3/4
 
+    def summary(self) -> str:
+        """One short line: counts and the first few paths (the full lists are on the report)."""
+        parts = []
+        if self.unmatched:
+            parts.append(f"{len(self.unmatched)} array(s) without logical axes replicated "
+                         f"({', '.join(self.unmatched[:2])}{', ...' if len(self.unmatched) > 2 else ''})")
+        if self.indivisible:
+            parts.append(f"{len(self.indivisible)} dim(s) not divisible by their mesh axes kept whole "
+                         f"({self.indivisible[0].split(':')[0]}{', ...' if len(self.indivisible) > 1 else ''})")
+        return "; ".join(parts)
+
     def __str__(self) -> str:
         lines = []
         if self.unmatched:
@@ -186,10 +197,10 @@ def plan_shardings(
                 )
 
     shardings = jax.tree_util.tree_map_with_path(one, tree, is_leaf=_is_var)
-    message = str(report)
-    if message and message not in _warned:  # once per distinct report, not per call
+    message = report.summary()
+    if message and message not in _warned:  # once per distinct summary, not per call
         _warned.add(message)
-        log.warning("sharding plan: %s", message)
+        log.warning("sharding plan: %s (see unigen.parallel.plan_shardings for the full report)", message)
     return shardings, report
 
 
