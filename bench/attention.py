@@ -1,4 +1,4 @@
-"""Attention kernels vs dense attention, timed in one run (DESIGN.md §12: ratios, not
+"""Attention kernels vs dense attention, timed in one run (docs/design.md §12: ratios, not
 absolute numbers, and never assertions).
 
     python bench/attention.py            # CPU section; adds the GPU section on a GPU

@@ -10,9 +10,10 @@ Rerunning the same command resumes from the last checkpoint.
 Model: a small DiT (depth 4, width 128, patch 2 on 8x8 grey digits = 16 tokens, label
 dropout 0.1) trained with the rectified-flow objective (SD3/SiT: linear path, velocity
 target, logit-normal timesteps), sampled with DPM-Solver++(2M), 15 steps, x0 clipped to
-[-1, 1], classifier-free guidance 1.15. Measured on the same CPU budget (bench notes in
-README): the DiT/IDDPM Gaussian diffusion (`--config.diffusion.kind='gaussian'
---config.model.learn_sigma=True`) reached FD 1.35 where the flow reached 0.39.
+[-1, 1], classifier-free guidance 1.15. Expected (README): class accuracy ~0.997, FD ~0.33
+against the test split (1.3x the memoriser's 0.258), ~4% near-copies. On the same CPU budget
+the DiT/IDDPM Gaussian diffusion (`--config.diffusion.kind=gaussian
+--config.model.learn_sigma=True`) reached FD 1.35.
 """
 
 import ml_collections
@@ -57,7 +58,8 @@ def get_config():
     c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.15, guided_channels=-1,
                     eta=0.0, clip_denoised=True, per_class=10)
 
-    c.eval = dict(at_end=True, num_samples=5000, seeds=3, batch_size=1000)
+    c.eval = dict(at_end=True, num_samples=5000, seeds=3, batch_size=1000,
+                  rerun=False)  # a rerun of a finished run evaluates again only if eval.json is missing
 
     c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
     return c

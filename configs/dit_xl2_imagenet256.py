@@ -39,6 +39,6 @@ def get_config():
     )
     c.sample = dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels=3, eta=0.0, clip_denoised=False,
                     per_class=4)
-    c.eval = dict(at_end=False, num_samples=5000, seeds=3, batch_size=64)
+    c.eval = dict(at_end=False, num_samples=5000, seeds=3, batch_size=64, rerun=False)
     c.mesh = dict(data=-1, fsdp=8, tensor=1, context=1, rules="fsdp")
     return c

@@ -142,9 +142,34 @@ def test_damaged_and_incompatible_checkpoints(tmp_path):
             if name != "_METADATA" and not name.startswith("_"):
                 with open(os.path.join(root, name), "r+b") as f:
                     f.truncate(3)
-    with pytest.raises(ck.CheckpointError, match=r"checkpoints/2"):
+    with pytest.raises(ck.CheckpointError, match=r"no readable checkpoint is left in .*checkpoints"):
         train(tiny_config("--config.train.steps=4", "--config.train.checkpoint_every=2"), str(tmp_path),
               progress=False)
+    assert [d.startswith("2-") for d in os.listdir(tmp_path / "damaged_checkpoints")] == [True]
+
+
+def test_frozen_parts_stay_put_and_travel_beside_the_state(tmp_path):
+    # train.frozen keeps the patch embedding frozen: not optimised, not EMA'd, not in the step
+    # checkpoints, written once to frozen/, and a resumed run reads it from there.
+    from flax import nnx
+    from unigen.training.build import validate
+    from unigen.training.loop import train
+    frozen = ["--config.train.frozen=('x_embedder/',)", "--config.train.checkpoint_every=2"]
+    train(tiny_config("--config.train.steps=2", *frozen), str(tmp_path), progress=False)
+    train(tiny_config("--config.train.steps=4", *frozen), str(tmp_path), progress=False)
+    state, _ = final_state(tmp_path)
+    assert int(state.step) == 4
+    assert not any("x_embedder" in str(path) for path, _ in jax.tree_util.tree_flatten_with_path(state)[0])
+    assert (tmp_path / "frozen").is_dir()
+    run = validate(tiny_config())
+    init = nnx.state(run.model_kind.build(run.model_cfg, 0))["x_embedder"]
+    import unigen
+    model = unigen.from_pretrained(str(tmp_path))
+    np.testing.assert_array_equal(np.asarray(model.x_embedder.kernel[...]), np.asarray(init["kernel"][...]))
+    assert not np.array_equal(np.asarray(model.final_layer.ada.bias[...]), 0)  # the rest trained
+    from unigen.training.build import ConfigError
+    with pytest.raises(ConfigError, match="config.train.frozen.*'nothing_here/' matches no parameter"):
+        validate(tiny_config("--config.train.frozen=('nothing_here/',)"))
 
 
 def test_nan_stops_with_last_good_checkpoint_intact(tmp_path):
@@ -175,8 +200,8 @@ def test_sample_script_writes_png_of_the_right_size(tmp_path):
     assert data["images"].shape == (9, 8, 8, 1) and list(data["labels"]) == [0, 0, 0, 5, 5, 5, 9, 9, 9]
     assert np.all(np.abs(data["images"]) <= 1.0)
     img = Image.open(str(out)[:-4] + ".png")
-    up = 48 // 8
-    assert img.size == (3 * (8 * up + 1) + 1, 3 * (8 * up + 1) + 1)
+    up, pad = 48 // 8, 8  # nearest x6 upscaling, grey gaps of a sixth of a cell
+    assert img.size == (3 * (8 * up + pad) + pad, 3 * (8 * up + pad) + pad)
 
 
 def test_imagenet_config_builds_and_runs_one_step(tmp_path):
@@ -239,13 +264,14 @@ def test_grad_accumulation_gives_the_same_update():
     run = validate(cfg)
     tx, schedule = make_optimizer(cfg.train)
     graphdef, state, frozen_model = create_train_state(run.model_kind.build(run.model_cfg, 0), tx, 0)
-    state = state.replace(step=jax.numpy.int32(5))  # past the warmup's lr = 0 at step 0
     frozen = {"model": frozen_model, "task": {}}
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32),
              "label": rng.integers(0, 10, 16).astype(np.int32)}
-    out = {n: jax.jit(make_train_step(graphdef, run.task, tx, schedule, grad_accum=n))(state, frozen, batch)
-           for n in (1, 4)}
+    out = {}
+    for n in (1, 4):  # two steps: optax's schedule gives lr 0 to the first update
+        step = jax.jit(make_train_step(graphdef, run.task, tx, schedule, grad_accum=n))
+        out[n] = step(step(state, frozen, batch)[0], frozen, batch)
     (s1, m1), (s4, m4) = out[1], out[4]
     # float32 sums in another order: losses and gradient norms agree to 1e-5 relative, and the
     # AdamW update (lr 2e-3 times a ratio of moments) to 1e-6 absolute.

@@ -1,4 +1,4 @@
-"""Model kinds by name (DESIGN.md §12): `config.model.kind` picks the network.
+"""Model kinds by name (docs/design.md §12): `config.model.kind` picks the network.
 
 A kind says how to build its network from a run config, which named conditions it takes and
 what "no condition" means for each (the null condition that condition dropout in training and

@@ -1,4 +1,4 @@
-"""unigen.nn: the building blocks models compose (one place per concept, DESIGN.md §3)."""
+"""unigen.nn: the building blocks models compose (one place per concept, docs/design.md §3)."""
 
 from unigen.nn.ad_mode import cpu_custom_vjps, jvp_compatible
 from unigen.nn.attention import attention, available_backends, register_backend

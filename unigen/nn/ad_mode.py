@@ -1,7 +1,7 @@
 """Which derivative rules the building blocks trace with.
 
 By default every block uses JAX's own derivative rules, so `jax.jvp`, `jax.jacfwd`,
-`jax.linearize` and `jax.grad` all work through any model, on every platform (DESIGN.md §13).
+`jax.linearize` and `jax.grad` all work through any model, on every platform (docs/design.md §13).
 
 `Dense` and the "einsum" attention backend also carry hand-written VJPs (`jax.custom_vjp`)
 that make the backward pass faster on XLA:CPU (bench/RESULTS.md) and give the same gradients

@@ -1,4 +1,4 @@
-"""One attention entry point with switchable backends (DESIGN.md §3).
+"""One attention entry point with switchable backends (docs/design.md §3).
 
 Layout everywhere: q, k, v are (B, T, H, Dh); the output is (B, Tq, H, Dh).
 

@@ -1,4 +1,4 @@
-"""Dense layers whose parameters carry logical axis names (DESIGN.md §7).
+"""Dense layers whose parameters carry logical axis names (docs/design.md §7).
 
 `Dense` is a general linear map: the last `len(in_dims)` axes of the input contract with
 the first axes of a kernel shaped `in_dims + out_dims`. Multi-axis kernels keep q/k/v and

@@ -1,4 +1,4 @@
-"""Logical axis names -> mesh axes (DESIGN.md §7).
+"""Logical axis names -> mesh axes (docs/design.md §7).
 
 Parameters carry their logical axis names as the `logical_axes` metadata of their
 `nnx.Param` (e.g. `("embed", "mlp")` for an MLP's first kernel). Activations are

@@ -1,4 +1,4 @@
-"""Device meshes with the four unigen axes (DESIGN.md §7).
+"""Device meshes with the four unigen axes (docs/design.md §7).
 
 Axis order is fixed: (data, fsdp, tensor, context). The outer axes talk least
 (data parallel: one gradient all-reduce per step) and the inner ones most (tensor

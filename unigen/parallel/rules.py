@@ -1,4 +1,4 @@
-"""Rule tables (logical axis name -> mesh axes) and the presets (DESIGN.md §7).
+"""Rule tables (logical axis name -> mesh axes) and the presets (docs/design.md §7).
 
 A rule table is plain data, a tuple of `(logical_name, mesh_axes)` pairs in the style
 of big_vision / MaxText: `mesh_axes` is a mesh axis name, a tuple of them, or None.

@@ -1,4 +1,4 @@
-"""Training tasks by name (DESIGN.md §12): `config.task.name` picks one.
+"""Training tasks by name (docs/design.md §12): `config.task.name` picks one.
 
 A task owns everything between the data and the network: what a batch holds, the loss (with
 condition dropout), the frozen parts it needs besides the model, how to sample conditions for
