@@ -12,6 +12,7 @@ TFDS's default (~/tensorflow_datasets).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 
 from unigen.errors import DataError, DataNotFound
@@ -68,8 +69,9 @@ def prepare_digits(data_dir: str | os.PathLike | None = None):
             # ... Unknown size" and shuffling bars describe a 2-second local write: hidden.
             tfds.disable_progress_bar()
             print(f"preparing the digits data set in {data_dir} (once)", flush=True)
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+            with contextlib.redirect_stdout(io.StringIO()):  # its "Downloading ... Unknown size" lines
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
 
 
