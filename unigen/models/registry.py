@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from unigen.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
@@ -53,22 +55,18 @@ def _tuples(v):
     return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-_KINDS: dict[str, ModelKind] = {}
+_KINDS: Registry[ModelKind] = Registry("model kind")
 
 
 def register_model(kind: ModelKind) -> ModelKind:
     """Add (or replace) a model kind; returns it."""
     if not isinstance(kind, ModelKind):
         raise TypeError(f"register_model takes a ModelKind, got {type(kind).__name__}")
-    _KINDS[kind.name] = kind
-    return kind
+    return _KINDS.add(kind.name, kind)
 
 
 def get_model_kind(name: str) -> ModelKind:
-    if name not in _KINDS:
-        raise ValueError(f"unknown model kind {name!r}; registered: {sorted(_KINDS)} (a kind defined outside "
-                         f"unigen must be registered first, e.g. by a module named in config.imports)")
-    return _KINDS[name]
+    return _KINDS.get(name)
 
 
 def kind_of(module) -> ModelKind:
@@ -81,4 +79,4 @@ def kind_of(module) -> ModelKind:
 
 
 def model_kinds() -> list[str]:
-    return sorted(_KINDS)
+    return _KINDS.names()

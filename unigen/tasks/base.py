@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unigen.diffusion.objective import per_example, split_keys
+from unigen.registry import Registry
 
 
 class Task:
@@ -86,7 +87,7 @@ class Task:
         return None
 
 
-_TASKS: dict[str, type] = {}
+_TASKS: Registry[type] = Registry("task")
 
 
 def register_task(name: str):
@@ -95,17 +96,13 @@ def register_task(name: str):
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise TypeError(f"register_task({name!r}) takes a Task subclass, got {cls!r}")
         cls.name = name
-        _TASKS[name] = cls
-        return cls
+        return _TASKS.add(name, cls)
     return add
 
 
 def get_task(name: str) -> type:
-    if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {sorted(_TASKS)} (a task defined outside "
-                         f"unigen must be registered first, e.g. by a module named in config.imports)")
-    return _TASKS[name]
+    return _TASKS.get(name)
 
 
 def task_names() -> list[str]:
-    return sorted(_TASKS)
+    return _TASKS.names()
