@@ -18,6 +18,7 @@ import numpy as np
 
 from unigen.diffusion import GaussianDiffusion, RectifiedFlow
 from unigen.diffusion.objective import split_keys
+from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
 
 PROCESSES = ("gaussian", "flow")
@@ -62,15 +63,15 @@ class DiffusionTask(Task):
     def model_inputs(self, batch: dict) -> tuple:
         missing = [key for key in ["image", *self.batch_keys.values()] if key not in batch]
         if missing:
-            raise KeyError(f"task {self.name!r}: the batch has no {missing} (it has {sorted(batch)}); "
-                           f"map the model's conditions with config.task.conditions")
+            raise ConfigError(f"config.task: the {self.name!r} batch has no {missing} (it has {sorted(batch)}); "
+                              f"map the model's conditions to batch entries with config.task.conditions")
         return batch["image"], {name: batch[key] for name, key in self.batch_keys.items()}
 
     def loss(self, model, batch, rng, frozen):
         x0, cond = self.model_inputs(batch)
         k_drop, k_loss = split_keys(rng)
         cond = self.drop_conditions(cond, k_drop)
-        losses = self.process.losses(lambda x, t, **c: model(x, t, **c), x0, k_loss, **cond)
+        losses = self.process.losses(model, x0, k_loss, **cond)
         return losses["loss"].mean(), {k: v.mean() for k, v in losses.items() if k != "sigma"}
 
     def conditions_for_labels(self, labels):
