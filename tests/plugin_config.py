@@ -17,7 +17,7 @@ def get_config():
     c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0, time_scale=1000.0)
     c.train = dict(steps=6, batch_size=16, grad_accum=1, lr=1e-3, warmup_steps=1, lr_schedule="constant",
                    weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0, ema_decay=0.9, compute_dtype="float32",
-                   frozen=(), cpu_custom_vjps=True, log_every=1, checkpoint_every=3, keep_checkpoints=2,
+                   frozen=(), cpu_custom_vjps=True, async_checkpointing=True, log_every=1, checkpoint_every=3, keep_checkpoints=2,
                    sample_every=6)
     c.sample = dict(sampler="euler", steps=3, cfg_scale=1.5, guided_channels=-1, eta=0.0, clip_denoised=False,
                     per_class=2)

@@ -55,10 +55,15 @@ def _describe(tree) -> dict[str, tuple]:
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep: int = 2):
+    def __init__(self, workdir: str, *, keep: int = 2, asynchronous: bool = False):
+        """`asynchronous`: `save` returns once the state is copied off the devices and writes in
+        a background thread (the next save, `close` and restores wait for it). A kill during the
+        write leaves orbax's temporary folder, which the next start removes, so exact resume holds."""
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.asynchronous = bool(asynchronous)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False)
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=self.asynchronous)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=dict(
             state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler()))
 
@@ -68,7 +73,8 @@ class Checkpointer:
     def save(self, step: int, state, data_state: dict) -> None:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
-        self.manager.wait_until_finished()
+        if not self.asynchronous:
+            self.manager.wait_until_finished()
 
     def _check_compatible(self, step: int, abstract_state):
         """The checkpoint's metadata tree, after checking it holds what `abstract_state` needs."""

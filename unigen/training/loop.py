@@ -38,7 +38,8 @@ from unigen.training.step import make_train_step
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                     "train.keep_checkpoints", "train.lr", "train.grad_clip", "train.warmup_steps",
                     "train.lr_schedule", "train.weight_decay", "train.b1", "train.b2", "train.ema_decay", "sample", "eval", "mesh", "data.data_dir", "model.scan_layers",
-                    "model.remat", "model.attention_backend", "imports", "train.cpu_custom_vjps")
+                    "model.remat", "model.attention_backend", "imports", "train.cpu_custom_vjps",
+                    "train.async_checkpointing")
 # Fields added after work dirs were first written, with the value an older run had.
 INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": []}
 
@@ -121,7 +122,8 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
     # the PRNG key is replicated on purpose: every device draws the same timesteps/noise stream.
     shardings = parallel.train_state_shardings(abstract, mesh, rules, regex_rules=((r"^rng$", jax.sharding.PartitionSpec()),))
     frozen_shardings = parallel.tree_shardings(abstract_frozen, mesh, rules)
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
+                                 asynchronous=cfg.train.get("async_checkpointing", True))
 
     shard, shards = parallel.loader_shard_info(mesh, rules)
     local_batch = parallel.local_batch_size(cfg.train.batch_size, mesh, rules)
