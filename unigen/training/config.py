@@ -1,9 +1,10 @@
-"""Python config files (big_vision style) with `--config.KEY=VALUE` overrides.
+"""Python config files (big_vision style) and overrides, for notebooks, tests and scripts.
 
-A config file defines `get_config()` returning an `ml_collections.ConfigDict`. The command
-line names it with `--config PATH` and overrides any existing field with
-`--config.train.steps=100` (values parsed as Python literals, else kept as strings).
-Unknown keys are errors: a typo never silently trains something else.
+A config file defines `get_config()` returning an `ml_collections.ConfigDict`. The command line
+reads it with `ml_collections.config_flags` (unigen/training/cli.py); here the same in Python:
+`load_config_file(path)`, then `apply_override(cfg, "train.steps", 100)` or the pairs of
+`parse_overrides(["--config.train.steps=100"])` (values parsed as Python literals, else kept
+as strings). Unknown keys are errors: a typo never silently trains something else.
 """
 
 from __future__ import annotations
