@@ -58,10 +58,7 @@ def _start(shape, rng, noise):
     """x_T (from `noise`, else drawn) and the key(s) for the later steps. `rng` is one key, or
     one key per example: then sample i depends on its own key only, whatever the batch."""
     k_init, k_steps = split_keys(rng)
-    if noise is None:
-        noise = (per_example(k_init, shape[0], lambda k: jax.random.normal(k, shape[1:], jnp.float32))
-                 if is_key_batch(k_init) else jax.random.normal(k_init, shape, jnp.float32))
-    return noise, k_steps
+    return (_normal(k_init, shape, jnp.float32) if noise is None else noise), k_steps
 
 
 def _step_keys(k_steps, n):
@@ -71,10 +68,11 @@ def _step_keys(k_steps, n):
     return jax.random.split(k_steps, n)
 
 
-def _noise_like(key, x):
-    if is_key_batch(key):  # one key per example
-        return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(key)
-    return jax.random.normal(key, x.shape, x.dtype)
+def _normal(key, shape, dtype):
+    """N(0, I) of `shape`: from one key, or row i from the i-th of per-example keys."""
+    if is_key_batch(key):
+        return per_example(key, shape[0], lambda k: jax.random.normal(k, shape[1:], dtype))
+    return jax.random.normal(key, shape, dtype)
 
 
 def _check(process, kind, name, shape, noise):
@@ -94,7 +92,7 @@ def _ddpm_ddim(diff, model_fn, shape, rng, cond, noise, clip_denoised, ddim, pro
         i, key = inp
         t = jnp.full((shape[0],), i, jnp.int32)
         out = diff.p_mean_variance(model_fn(x, diff.model_timesteps(t), **cond), x, t, clip_denoised)
-        z = _noise_like(key, x)
+        z = _normal(key, x.shape, x.dtype)
         if ddim:  # DDIM eq. 12 with sigma_t(eta) (eq. 16); eps re-derived from (clipped) x0
             eps = diff.predict_eps_from_xstart(x, t, out["pred_xstart"])
             ab, ab_prev = diff._at(diff.alphas_cumprod, t, x), diff._at(diff.alphas_cumprod_prev, t, x)
