@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from unigen.convert.registry import register_diffusers, register_file
+from unigen.convert.torch_layout import StateDict as _Source, fused_qkv, linear as _linear
 from unigen.convert.weights import WeightError, read_folder_weights, read_weights
 from unigen.errors import ConfigError
 from unigen.convert.unigen_format import build_filled
@@ -21,35 +22,6 @@ from unigen.models.dit import DIT_KIND, DIT_SIZES, DiT, DiTConfig, dit_config
 from unigen.nn.posemb import sincos_2d
 
 _HEADS_BY_WIDTH = {hidden: heads for _, hidden, heads in DIT_SIZES.values()}
-
-
-class _Source:
-    """Pops keys out of a state dict, checking shapes; reports what was never used."""
-
-    def __init__(self, sd: dict[str, np.ndarray], name: str):
-        self.sd, self.name = dict(sd), name
-
-    def take(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
-        if key not in self.sd:
-            raise WeightError(f"{self.name}: missing key {key!r} (expected shape {shape})")
-        value = np.asarray(self.sd.pop(key))
-        if value.shape != tuple(shape):
-            raise WeightError(
-                f"{self.name}: key {key!r} has shape {value.shape}, expected {tuple(shape)}"
-            )
-        return value
-
-    def finish(self, ignore: tuple[str, ...] = ()) -> None:
-        left = sorted(k for k in self.sd if not any(re.fullmatch(p, k) for p in ignore))
-        if left:
-            raise WeightError(f"{self.name}: unknown keys {left[:8]}{' ...' if len(left) > 8 else ''}")
-
-
-def _linear(src: _Source, prefix: str, d_in: int, out_shape: tuple[int, ...], dst: dict, name: str):
-    """torch Linear (prod(out), d_in) -> kernel (d_in, *out_shape), bias out_shape."""
-    d_out = math.prod(out_shape)
-    dst[f"{name}.kernel"] = src.take(f"{prefix}.weight", (d_out, d_in)).T.reshape(d_in, *out_shape)
-    dst[f"{name}.bias"] = src.take(f"{prefix}.bias", (d_out,)).reshape(out_shape)
 
 
 def _patch_embed(src: _Source, prefix: str, cfg: DiTConfig, dst: dict):
@@ -170,11 +142,7 @@ def diffusers_to_flat(sd: dict[str, np.ndarray], cfg: DiTConfig) -> dict[str, np
         _linear(src, emb + "timestep_embedder.linear_1", 256, (d,), dst, f"blocks.{i}.cond.t_embedder.fc1")
         _linear(src, emb + "timestep_embedder.linear_2", d, (d,), dst, f"blocks.{i}.cond.t_embedder.fc2")
         dst[f"blocks.{i}.cond.y_embedder.table"] = src.take(emb + "class_embedder.embedding_table.weight", (rows, d))
-        parts = {}
-        for j, name in enumerate("qkv"):
-            _linear(src, pre + f"attn1.to_{name}", d, (h, d // h), parts, name)
-        dst[f"blocks.{i}.qkv.kernel"] = np.stack([parts[f"{n}.kernel"] for n in "qkv"], axis=1)
-        dst[f"blocks.{i}.qkv.bias"] = np.stack([parts[f"{n}.bias"] for n in "qkv"], axis=0)
+        fused_qkv(src, tuple(pre + f"attn1.to_{n}" for n in "qkv"), d, h, d // h, dst, f"blocks.{i}.qkv")
         _block_common(src, pre, cfg, dst, i, keys)
     _linear(src, "proj_out_1", d, (2, d), dst, "final_layer.ada")
     _linear(src, "proj_out_2", d, (cfg.patch_size ** 2 * cfg.out_channels,), dst, "final_layer.linear")
