@@ -21,11 +21,15 @@ from unigen.registry import Registry
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
-    """A named model input besides (x, t): its null value (a scalar broadcast to the input's
-    shape, e.g. DiT's null label id, or 0.0 for a vector) and the probability with which
-    training replaces it by the null value (classifier-free guidance, Ho & Salimans 2022)."""
+    """A named model input besides (x, t): its null value (broadcast to the input's shape: a
+    scalar such as DiT's null label id or 0.0, or an array such as the empty prompt's token
+    states) and the probability with which training replaces it by the null value
+    (classifier-free guidance, Ho & Salimans 2022). Conditions of one `group` are dropped
+    together, e.g. a prompt's token states and its pooled vector: dropping one without the
+    other would train on half-prompts that guidance never asks for."""
     null: Any
     dropout: float = 0.0
+    group: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,15 +60,22 @@ class Task:
         """Replace each named condition by its null value with its dropout probability, per
         example: the same null condition that guidance uses at sampling time."""
         out = dict(cond)
-        keys = split_keys(rng, max(len(cond), 1))
-        for key, (name, value) in zip(keys, sorted(cond.items())):
+        # One key per group (a condition without a group is its own), in sorted order.
+        groups = sorted({self._group(name) for name in cond})
+        keys = dict(zip(groups, split_keys(rng, max(len(groups), 1))))
+        for name, value in sorted(cond.items()):
             spec = self.conditions.get(name)
             if spec is None or not spec.dropout:
                 continue
+            key = keys[self._group(name)]
             drop = per_example(key, value.shape[0], lambda k: jax.random.uniform(k, ())) < spec.dropout
             null = jnp.broadcast_to(jnp.asarray(spec.null, value.dtype), value.shape)
             out[name] = jnp.where(drop.reshape((-1,) + (1,) * (value.ndim - 1)), null, value)
         return out
+
+    def _group(self, name: str) -> str:
+        spec = self.conditions.get(name)
+        return f"group:{spec.group}" if spec is not None and spec.group else f"name:{name}"
 
     def null_cond(self) -> dict:
         return {name: c.null for name, c in self.conditions.items()}
