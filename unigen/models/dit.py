@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.nn.attention import attention
+from unigen.nn.attention import attention, check_compute_options
 from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder
 from unigen.nn.layers import Dense
 from unigen.nn.mlp import Mlp
@@ -98,15 +98,11 @@ class DiTConfig:
             bad("class_dropout_prob", "must be in [0, 1)")
         if self.num_classes < 0:
             bad("num_classes", "must be >= 0 (0 = unconditional)")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            bad("dtype", "use 'float32', 'bfloat16' or 'float16'")
+        check_compute_options(bad, self.dtype, self.attention_backend)
         if self.block_type not in ("dit", "sana"):
             bad("block_type", "use 'dit' or 'sana'")
         if self.block_type == "sana" and self.per_block_conditioning:
             bad("block_type", "SANA blocks take the shared conditioning (compat='official')")
-        from unigen.nn.attention import available_backends
-        if self.attention_backend not in available_backends():
-            bad("attention_backend", f"choose one of {available_backends()}")
         options = dict(self.attention_options)
         if "window" in options and self.attention_backend != "block_sparse":
             bad("attention_options", "a 'window' is a block-sparse option: set attention_backend='block_sparse'")
