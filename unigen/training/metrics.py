@@ -67,14 +67,15 @@ class MetricsLog:
         self.writer.close()
 
     def plot(self, png_path: str) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A Figure without pyplot: drawing needs no GUI backend, and the process's (a notebook's)
+        # matplotlib backend is left as the user set it.
+        from matplotlib.figure import Figure
 
         rows = [r for r in self.rows if "loss" in r]
         if not rows:
             return
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+        fig = Figure(figsize=(9, 3.2))
+        ax = fig.subplots(1, 2)
         steps = [r["step"] for r in rows]
         ax[0].plot(steps, [r["loss"] for r in rows], label="loss")
         if "mse" in rows[0]:
@@ -89,7 +90,6 @@ class MetricsLog:
         ax[1].set_title("gradient norm")
         fig.tight_layout()
         fig.savefig(png_path, dpi=100)
-        plt.close(fig)
 
 
 def log_eval(workdir: str, step: int, rows: dict) -> None:
