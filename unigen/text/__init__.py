@@ -1,0 +1,20 @@
+"""Text encoders: a JAX port of BERT-style encoders (sentence-transformers' all-MiniLM-L6-v2 and
+other BERT folders) with sentence-transformers' pooling, and their tokenizer (the `tokenizers`
+package; no torch or transformers at run time).
+
+    from unigen import from_pretrained
+    from unigen.text import resolve_text_encoder
+    encoder = from_pretrained(resolve_text_encoder("all-MiniLM-L6-v2"))
+    out = encoder.encode(["a photo of a cat"])      # TextEncoding(tokens, mask, pooled)
+
+Weights load through unigen.convert.bert (registered with `unigen.from_pretrained`).
+"""
+
+from unigen.text.bert import Bert, BertConfig
+from unigen.text.encoder import TextEncoder, TextEncoderConfig, TextEncoding, pool
+from unigen.text.folder import EncoderFolder, read_encoder_folder
+from unigen.text.resolve import resolve_text_encoder
+from unigen.text.tokenizer import TokenBatch, Tokenizer
+
+__all__ = ["Bert", "BertConfig", "TextEncoder", "TextEncoderConfig", "TextEncoding", "pool", "EncoderFolder",
+           "read_encoder_folder", "resolve_text_encoder", "TokenBatch", "Tokenizer"]
