@@ -3,6 +3,7 @@ registered by kind (`unigen.models.registry`)."""
 
 from unigen.models.registry import Condition, ModelKind, get_model_kind, kind_of, model_kinds, register_model
 from unigen.models.dit import DiT, DiTConfig, dit_config  # registers "dit"
+from unigen.models.mmdit import MMDiT, MMDiTConfig  # registers "mmdit"
 
 __all__ = ["Condition", "ModelKind", "get_model_kind", "kind_of", "model_kinds", "register_model",
-           "DiT", "DiTConfig", "dit_config"]
+           "DiT", "DiTConfig", "dit_config", "MMDiT", "MMDiTConfig"]
