@@ -179,7 +179,7 @@ def heun(flow, model_fn, shape, rng, *, steps=50, sigmas=None, cond=None, noise=
 
 
 # ---- DPM-Solver++(2M) ------------------------------------------------------------------------
-def _dpm2m_coefficients(alpha, sigma):
+def dpm2m_coefficients(alpha, sigma):
     """Per-step (a, b, c) with x_next = a x + b D + c (D - D_prev), D the data prediction
     (Lu et al. 2022, DPM-Solver++ alg. 2, midpoint form as diffusers). Grid points have
     x = alpha x0 + sigma eps; lambda = log(alpha / sigma). The first step and a final step
@@ -228,6 +228,6 @@ def dpm_solver_2m(process, model_fn, shape, rng, *, steps=20, sigmas=None, cond=
         raise ValueError(f"noise shape {noise.shape} must equal shape {tuple(shape)}")
     grid, alpha, sigma = process.dpm_grid(steps, sigmas)
     grid = jnp.asarray(grid, jnp.int32 if np.issubdtype(np.asarray(grid).dtype, np.integer) else jnp.float32)
-    a, b, c = (jnp.asarray(v, jnp.float32) for v in _dpm2m_coefficients(alpha, sigma))
+    a, b, c = (jnp.asarray(v, jnp.float32) for v in dpm2m_coefficients(alpha, sigma))
     return _run(_dpm2m, grid.shape[0], progress, process, model_fn, tuple(shape), rng, cond or {}, noise,
                 bool(clip_denoised), bool(progress), grid, a, b, c)
