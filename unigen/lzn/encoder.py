@@ -32,11 +32,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from unigen.lzn.flow import reverse
-from unigen.nn.attention import attention, check_compute_options
+from unigen.nn.attention import attention
+from unigen.nn.checks import check_compute_options, check_positive_ints, is_positive_int
 from unigen.nn.layers import Dense, param
 from unigen.nn.mlp import Mlp
 from unigen.nn.norms import LayerNorm
@@ -74,10 +74,8 @@ class ImageEncoderConfig:
     def validate(self) -> "ImageEncoderConfig":
         def bad(field, why):
             raise ValueError(f"ImageEncoderConfig.{field}={getattr(self, field)!r}: {why}")
-        for f in ("image_size", "channels", "patch_size", "width", "depth", "num_heads", "latent_dim"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                bad(f, "must be a positive integer")
+        check_positive_ints(bad, self, ("image_size", "channels", "patch_size", "width", "depth", "num_heads",
+                                        "latent_dim"))
         if self.image_size % self.patch_size:
             bad("image_size", f"not divisible by patch_size={self.patch_size}; use a multiple of it")
         if self.width % self.num_heads:
@@ -187,7 +185,7 @@ class LabelAnchors(nnx.Module):
 
     def __init__(self, num_classes: int, latent_dim: int, *, rngs: nnx.Rngs):
         for name, v in (("num_classes", num_classes), ("latent_dim", latent_dim)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            if not is_positive_int(v):
                 raise ValueError(f"LabelAnchors.{name}={v!r}: must be a positive integer")
         self.anchors = param(nnx.initializers.normal(stddev=1.0), (num_classes, latent_dim),
                              ("classes", None), rngs)

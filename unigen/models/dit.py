@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.nn.attention import attention, check_compute_options
+from unigen.nn.attention import attention
+from unigen.nn.checks import check_compute_options
 from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder
 from unigen.nn.layers import Dense
 from unigen.nn.mlp import Mlp

@@ -37,7 +37,8 @@ import numpy as np
 from flax import nnx
 
 from unigen.models.registry import Condition, ModelKind, register_model
-from unigen.nn.attention import attention, check_compute_options
+from unigen.nn.attention import attention
+from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.embeddings import TimestepEmbedder
 from unigen.nn.layers import Dense
 from unigen.nn.mlp import Mlp
@@ -85,10 +86,9 @@ class MMDiTConfig:
     def validate(self) -> "MMDiTConfig":
         def bad(field, why):
             raise ValueError(f"MMDiTConfig.{field}={getattr(self, field)!r}: {why}")
-        for f in ("sample_size", "patch_size", "in_channels", "out_channels", "num_layers", "attention_head_dim",
-                  "num_attention_heads", "joint_attention_dim", "caption_projection_dim", "pooled_projection_dim"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
-                bad(f, "must be a positive integer")
+        check_positive_ints(bad, self, ("sample_size", "patch_size", "in_channels", "out_channels", "num_layers",
+                                        "attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                                        "caption_projection_dim", "pooled_projection_dim"))
         if self.sample_size % self.patch_size:
             bad("sample_size", f"not divisible by patch_size={self.patch_size}; use a multiple of it")
         if self.caption_projection_dim != self.hidden_size:

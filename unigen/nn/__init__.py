@@ -1,6 +1,7 @@
 """unigen.nn: the building blocks models compose (one place per concept, docs/design.md §3)."""
 
 from unigen.nn.ad_mode import cpu_custom_vjps, jvp_compatible
+from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.attention import attention, available_backends, register_backend
 from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder, timestep_embedding
 from unigen.nn.layers import Dense, dense_general, param, xavier_uniform
@@ -12,7 +13,7 @@ from unigen.nn.posemb import sincos_2d
 from unigen.nn.rope import apply_rope, rope_2d_freqs
 
 __all__ = [
-    "cpu_custom_vjps", "jvp_compatible", "attention", "available_backends", "register_backend", "LabelEmbedder",
+    "cpu_custom_vjps", "jvp_compatible", "check_compute_options", "check_positive_ints", "attention", "available_backends", "register_backend", "LabelEmbedder",
     "TimestepEmbedder", "timestep_embedding", "Dense", "dense_general", "param", "xavier_uniform",
     "Mlp", "SwiGLU", "gate", "modulate", "LayerNorm", "RMSNorm", "layer_norm", "rms_norm",
     "patchify", "unpatchify", "sincos_2d", "apply_rope", "rope_2d_freqs",

@@ -43,17 +43,6 @@ def available_backends() -> list[str]:
     return sorted(set(_BACKENDS) | {"auto"})
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def check_compute_options(bad, dtype: str, backend: str) -> None:
-    """The checks every model config makes of its runtime compute options; `bad(field, why)`
-    raises the config's own error."""
-    if dtype not in COMPUTE_DTYPES:
-        bad("dtype", f"use one of {COMPUTE_DTYPES}")
-    if backend not in available_backends():
-        bad("attention_backend", f"choose one of {available_backends()}")
-
 
 def _xla(q, k, v, *, scale, mask=None):
     return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation="xla")

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.nn.attention import attention, check_compute_options
+from unigen.nn.attention import attention
+from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.layers import Dense, param
 from unigen.nn.norms import LayerNorm
 from unigen.parallel.logical import constrain
@@ -57,11 +58,8 @@ class BertConfig:
     def validate(self) -> "BertConfig":
         def bad(field, why):
             raise ValueError(f"BertConfig.{field}={getattr(self, field)!r}: {why}")
-        for f in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                  "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, f)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                bad(f, "must be a positive integer")
+        check_positive_ints(bad, self, ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                                        "max_position_embeddings", "type_vocab_size"))
         if self.hidden_size % self.num_heads:
             bad("hidden_size", f"not divisible by num_heads={self.num_heads}")
         if self.hidden_act not in ACTIVATIONS:
