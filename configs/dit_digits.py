@@ -51,6 +51,7 @@ def get_config():
         b1=0.9, b2=0.99, grad_clip=1.0,
         ema_decay=0.999, compute_dtype="float32",
         frozen=(),                # regexes of parameter paths to keep frozen (not optimised / EMA'd)
+        lr_multipliers=(),        # ((regex over parameter paths, factor), ...): per-part learning rates
         cpu_custom_vjps=True,     # CPU-tuned backward kernels in the train step (a no-op on GPUs)
         async_checkpointing=True,  # save in a background thread (training goes on meanwhile)
         log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,

@@ -293,3 +293,33 @@ def test_grad_accumulation_and_bf16_compute_run(tmp_path):
         state, _ = final_state(tmp_path / name)
         # parameters stay float32 whatever the compute dtype
         assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
+
+
+def test_lr_multipliers_scale_the_matched_parameters_updates():
+    """`train.lr_multipliers` is a per-group learning rate: the matched parameters' AdamW
+    updates (weight decay included) are scaled, the others untouched; bad rules name the field."""
+    import jax.numpy as jnp
+    import ml_collections
+
+    from unigen.training.state import make_optimizer
+    base = dict(lr=1e-2, warmup_steps=0, steps=10, lr_schedule="constant", grad_clip=0.0, b1=0.9, b2=0.99,
+                weight_decay=0.1)
+    params = {"encoder": {"kernel": jnp.ones((3,))}, "decoder": {"kernel": jnp.ones((3,))}}
+    grads = {"encoder": {"kernel": jnp.full((3,), 0.5)}, "decoder": {"kernel": jnp.full((3,), 0.5)}}
+
+    def updates(rules):
+        tx, _ = make_optimizer(ml_collections.ConfigDict(dict(base, lr_multipliers=rules)))
+        return tx.update(grads, tx.init(params), params)[0]
+
+    plain, scaled = updates(()), updates((("^encoder/", 0.25),))
+    np.testing.assert_allclose(scaled["encoder"]["kernel"], 0.25 * plain["encoder"]["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(scaled["decoder"]["kernel"], plain["decoder"]["kernel"], rtol=1e-6)
+    from unigen.errors import ConfigError
+    from unigen.training.build import validate
+    cfg = tiny_config()
+    cfg.train.lr_multipliers = (("^nothing_like_this/", 0.5),)
+    with pytest.raises(ConfigError, match="lr_multipliers.*matches no parameter"):
+        validate(cfg)
+    cfg.train.lr_multipliers = (("^blocks/", -1.0),)
+    with pytest.raises(ConfigError, match="train.lr_multipliers"):
+        validate(cfg)

@@ -10,10 +10,12 @@ Dispatch, in order:
   * other registered folders (a unigen training work dir: its latest EMA parameters);
   * a diffusers pipeline folder: `subfolder=` names the component (`transformer`, `unet`, `vae`,
     `text_encoder`); without it, the one component folder a registered loader reads.
-`overrides` change runtime options of the returned module (`scan_layers`, `remat`,
-`attention_backend`, `dtype`, ...), never the architecture read from the source. The one
-exception is `num_heads` for an official checkpoint of non-standard width: a state dict's
-shapes cannot tell the head count (standard widths 384/768/1024/1152 are known).
+`component=` returns one part of a composite model (an LZN work dir: "encoder" or
+"classifier", unigen/models/lzn.py). `overrides` change runtime options of the returned
+module (`scan_layers`, `remat`, `attention_backend`, `dtype`, ...), never the architecture
+read from the source. The one exception is `num_heads` for an official checkpoint of
+non-standard width: a state dict's shapes cannot tell the head count (standard widths
+384/768/1024/1152 are known).
 """
 
 from __future__ import annotations
@@ -60,8 +62,22 @@ def _config_loader(folder: str):
     return what, lambda **overrides: load(folder, config, **overrides)
 
 
-def from_pretrained(path: str, *, subfolder: str | None = None, **overrides):
-    """Load a model from `path` (see the module docstring). Returns an `nnx.Module`."""
+def from_pretrained(path: str, *, subfolder: str | None = None, component: str | None = None, **overrides):
+    """Load a model from `path` (see the module docstring). Returns an `nnx.Module`.
+    `component` picks a part of a composite model (an LZN: "encoder", "classifier", ...)."""
+    model = _load(path, subfolder=subfolder, **overrides)
+    if component is None:
+        return model
+    pick = getattr(model, "component", None)
+    if pick is None:
+        raise WeightError(f"{path}: a {type(model).__name__} has no components; drop component={component!r}")
+    try:
+        return pick(component, source=os.path.expanduser(os.fspath(path)))
+    except ValueError as e:
+        raise WeightError(f"{path}: {e}") from None
+
+
+def _load(path: str, *, subfolder: str | None = None, **overrides):
     path = os.path.expanduser(os.fspath(path))
     if subfolder:
         path = os.path.join(path, subfolder)
@@ -83,7 +99,7 @@ def from_pretrained(path: str, *, subfolder: str | None = None, **overrides):
     components = [c for c in PIPELINE_COMPONENTS if os.path.isdir(os.path.join(path, c))]
     readable = [c for c in components if _readable(os.path.join(path, c))]
     if len(readable) == 1:
-        return from_pretrained(os.path.join(path, readable[0]), **overrides)
+        return _load(os.path.join(path, readable[0]), **overrides)
     if len(readable) > 1:
         raise WeightError(f"{path} is a pipeline folder with several components {readable}: "
                           f"pass subfolder= one of them")

@@ -13,6 +13,11 @@ every checkpoint reuses it and no weights are baked into a compiled closure. Wit
 the batch is split over the mesh's batch axes, the states keep their own shardings, and the
 samples are gathered to every process: grids and evaluation run in multi-device and
 multi-process runs too. `clip=True` clips to [-1, 1] (pixels); latents are left alone.
+
+`prepare(model, cond, keys) -> cond` (a task's `prepare_conditions`) computes the model's
+conditions from the given ones once per batch, inside the compiled function and before the
+sampling loop, with the sample's own keys: e.g. an LZN draws each sample's latent z from
+N(0, I), or from a class's zone, given only its label (unigen/tasks/lzn.py).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class Generator:
     def __init__(self, graphdef, process, *, sample_shape, sampler: str = "dpm_solver_2m", steps: int = 25,
                  cfg_scale: float = 1.0, null_cond: dict | None = None, guided_channels: int | str | None = None,
                  guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
-                 clip_denoised: bool = False, clip: bool = True, mesh=None, rules="dp"):
+                 clip_denoised: bool = False, clip: bool = True, mesh=None, rules="dp", prepare=None):
         check_objective(process)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}; choose one of {sorted(SAMPLERS)}")
@@ -49,6 +54,7 @@ class Generator:
         # "thresholding" of DPM-Solver++): for pixel data it removes off-range drift.
         self.clip_denoised, self.clip = bool(clip_denoised), bool(clip)
         self.mesh, self.rules = mesh, parallel.get_rules(rules)
+        self.prepare = prepare
 
         def model_fn(x, t, states, **cond):
             return nnx.merge(graphdef, *states)(x, t, **cond)
@@ -84,6 +90,7 @@ class Generator:
                        eta=s.get("eta", 0.0), clip_denoised=s.get("clip_denoised", False))
         options.update(kwargs)
         null_cond = task.null_cond() if options["cfg_scale"] != 1.0 else None
+        options.setdefault("prepare", getattr(task, "prepare_conditions", None))
         return cls(graphdef, task.process, sample_shape=task.sample_shape, null_cond=null_cond, clip=task.clip,
                    **options)
 
@@ -105,6 +112,8 @@ class Generator:
             keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index)
             rules = parallel.use_rules(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext()
             with rules:
+                if self.prepare is not None:
+                    cond = self.prepare(nnx.merge(self.graphdef, *states), cond, keys)
                 return run(self.process, self.model_fn, shape, keys, cond=dict(states=states, **cond), **options)
 
         if self.mesh is None:

@@ -24,17 +24,19 @@ FORMAT_VERSION = 1
 
 def module_to_flat(model: nnx.Module, stacked: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """{"blocks.0.qkv.kernel": array, ...} for every variable (parameters and buffers); subtrees
-    named in `stacked` are split per layer."""
+    named in `stacked` ("blocks", or a dotted path such as "encoder.blocks") are split per layer."""
     flat = {}
+    prefixes = [tuple(s.split(".")) for s in stacked]
     for path, var in nnx.to_flat_state(nnx.state(model)):
-        name = ".".join(str(p) for p in path)
+        path = tuple(str(p) for p in path)
         value = np.asarray(jax.device_get(var[...]))
-        if path[0] in stacked:
-            rest = ".".join(str(p) for p in path[1:])
+        head = next((p for p in prefixes if path[:len(p)] == p), None)
+        if head is not None:
+            stem, rest = ".".join(head), ".".join(path[len(head):])
             for i in range(value.shape[0]):
-                flat[f"{path[0]}.{i}.{rest}"] = value[i]
+                flat[f"{stem}.{i}.{rest}"] = value[i]
         else:
-            flat[name] = value
+            flat[".".join(path)] = value
     return flat
 
 

@@ -84,9 +84,14 @@ def fill_module(abstract_module: nnx.Module, flat: Mapping[str, np.ndarray], *, 
         if name in remaining:
             value = remaining.pop(name)
         else:  # stacked over layers: path ('blocks', 'qkv', 'kernel') <- blocks.{i}.qkv.kernel
-            head, rest = name.split(".", 1) if "." in name else (name, "")
-            per_layer = [f"{head}.{i}.{rest}" for i in range(shape[0])] if shape else []
-            if not per_layer or per_layer[0] not in remaining:
+            # (the stacked subtree may be nested: encoder.blocks.qkv.kernel <- encoder.blocks.{i}.qkv.kernel)
+            parts, per_layer = name.split("."), []
+            for cut in range(1, len(parts)):
+                head, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
+                if shape and f"{head}.0.{rest}" in remaining:
+                    per_layer = [f"{head}.{i}.{rest}" for i in range(shape[0])]
+                    break
+            if not per_layer:
                 raise WeightError(f"{source}: no weights for parameter {name!r} (shape {shape})")
             missing = [k for k in per_layer if k not in remaining]
             if missing:

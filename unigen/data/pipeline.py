@@ -87,12 +87,14 @@ def make_dataset(name: str, split: str, *, batch_size: int, image_size: int | No
                  process_index: int = 0, process_count: int = 1,
                  data_dir: str | os.PathLike | None = None, crop: str = "center",
                  image_key: str = "image", label_key: str = "label",
-                 extra_keys: tuple[str, ...] = (), read_options=None):
+                 extra_keys: tuple[str, ...] = (), read_options=None, two_views=None):
     """A grain IterDataset of batches dict(image=(B,S,S,C) float32 in [-1,1], label=(B,) int32).
 
     batch_size is per process. num_epochs=None repeats forever. image_size=None keeps the
     stored size (all records must share it). extra_keys: record features passed through
     (batched) next to image/label. read_options: optional grain.ReadOptions.
+    two_views: a `unigen.data.augment.DigitAugment`; each record then also holds "view_a" and
+    "view_b", two fresh augmentations per epoch (contrastive learning; unigen.data.augment).
     """
     import grain
 
@@ -124,5 +126,8 @@ def make_dataset(name: str, split: str, *, batch_size: int, image_size: int | No
     ds = ds.repeat(None if num_epochs is None else int(num_epochs))
     size = None if image_size is None else int(image_size)
     ds = ds.map(Preprocess(size, crop, image_key, label_key, tuple(extra_keys)))
+    if two_views is not None:
+        from unigen.data.augment import add_two_views
+        ds = add_two_views(ds, two_views, seed=int(seed), process_index=p)
     ds = ds.batch(int(batch_size), drop_remainder=True)
     return ds.to_iter_dataset(read_options) if read_options else ds.to_iter_dataset()

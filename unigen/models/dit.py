@@ -17,6 +17,10 @@ local window is given by its radius (`(("window", 1), ("block_size", 16))`) and 
 the token grid here. `block_type="sana"` swaps every block for SANA's (ReLU linear
 attention + Mix-FFN; unigen/models/sana_block.py) with the same adaLN-Zero conditioning.
 
+`vector_dim > 0` adds a vector condition `z` (B, vector_dim), embedded by Linear-SiLU-Linear
+and added to c (as SD3 adds its pooled text vector): the latent of an LZN decoder
+(unigen/models/lzn.py). 0 (default) adds no parameters, so DiT's numbers do not change.
+
 `scan_layers=True` stacks the blocks on a leading "layers" axis and runs them with
 `lax.scan` (compile time independent of depth); `remat=True` rematerialises each block.
 """
@@ -34,7 +38,7 @@ from flax import nnx
 
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options
-from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder
+from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder, VectorEmbedder
 from unigen.nn.layers import Dense
 from unigen.nn.mlp import Mlp
 from unigen.nn.modulate import gate, modulate
@@ -63,6 +67,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 1000
     class_dropout_prob: float = 0.1
+    vector_dim: int = 0             # a vector condition z (B, vector_dim) added to c; 0 = none
     learn_sigma: bool = True
     time_freq_shift: float = 0.0
     norm_eps: float = 1e-6
@@ -99,6 +104,10 @@ class DiTConfig:
             bad("class_dropout_prob", "must be in [0, 1)")
         if self.num_classes < 0:
             bad("num_classes", "must be >= 0 (0 = unconditional)")
+        if isinstance(self.vector_dim, bool) or int(self.vector_dim) != self.vector_dim or self.vector_dim < 0:
+            bad("vector_dim", "must be an int >= 0 (0 = no vector condition)")
+        if self.vector_dim and self.per_block_conditioning:
+            bad("vector_dim", "a vector condition needs the shared conditioning (compat='official')")
         check_compute_options(bad, self.dtype, self.attention_backend)
         if self.block_type not in ("dit", "sana"):
             bad("block_type", "use 'dit' or 'sana'")
@@ -145,7 +154,7 @@ def attention_kwargs(cfg: DiTConfig) -> dict:
 
 
 class Conditioning(nnx.Module):
-    """c = TimestepEmbedder(t) + LabelEmbedder(y) (DiT §3.2)."""
+    """c = TimestepEmbedder(t) + LabelEmbedder(y) (DiT §3.2) [+ VectorEmbedder(z)]."""
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(cfg.dtype)
@@ -154,11 +163,14 @@ class Conditioning(nnx.Module):
             LabelEmbedder(cfg.num_classes, cfg.hidden_size, dropout=cfg.class_dropout_prob, rngs=rngs)
             if cfg.num_classes > 0 else None
         )
+        self.z_embedder = VectorEmbedder(cfg.vector_dim, cfg.hidden_size, rngs=rngs, dtype=dtype) if cfg.vector_dim else None
 
-    def __call__(self, t, y, drop_key=None):
+    def __call__(self, t, y, drop_key=None, z=None):
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(y, drop_key).astype(c.dtype)
+        if self.z_embedder is not None:
+            c = c + self.z_embedder(z.astype(c.dtype))
         return c
 
 
@@ -215,7 +227,8 @@ class FinalLayer(nnx.Module):
 
 class DiT(nnx.Module):
     """Class-conditional DiT. `model(x, t, y)`: x (B, H, W, C), t (B,) timesteps in the
-    DiT convention (0..999, 0 = data), y (B,) int labels (num_classes = null) -> (B, H, W, C_out).
+    DiT convention (0..999, 0 = data), y (B,) int labels (num_classes = null) -> (B, H, W, C_out);
+    with vector_dim > 0 also `z` (B, vector_dim), `model(x, t, y, z=z)`.
 
     `label_drop_key` turns on training-time label dropout (prob cfg.class_dropout_prob)."""
 
@@ -241,7 +254,7 @@ class DiT(nnx.Module):
     def pos_embed(self) -> jax.Array:
         return jnp.asarray(sincos_2d(self.cfg.hidden_size, self.cfg.grid, self.cfg.grid))
 
-    def _check_inputs(self, x, t, y):
+    def _check_inputs(self, x, t, y, z):
         cfg = self.cfg
         if x.ndim != 4 or x.shape[3] != cfg.in_channels:
             raise ValueError(f"DiT expects NHWC input with C={cfg.in_channels}; got shape {x.shape}")
@@ -250,8 +263,13 @@ class DiT(nnx.Module):
             raise ValueError(f"DiT built for {cfg.input_size}x{cfg.input_size} inputs; got {x.shape[1]}x{x.shape[2]}")
         if t.shape != (x.shape[0],) or (y is not None and y.shape != (x.shape[0],)):
             raise ValueError(f"t and y must have shape ({x.shape[0]},); got t{t.shape} y{None if y is None else y.shape}")
+        if cfg.vector_dim and (z is None or z.shape != (x.shape[0], cfg.vector_dim)):
+            raise ValueError(f"this DiT takes a vector condition z of shape ({x.shape[0]}, {cfg.vector_dim}); "
+                             f"got {None if z is None else z.shape}")
+        if not cfg.vector_dim and z is not None:
+            raise ValueError("this DiT has no vector condition (DiTConfig.vector_dim=0); do not pass z")
 
-    def __call__(self, x, t, y=None, *, label_drop_key=None):
+    def __call__(self, x, t, y=None, z=None, *, label_drop_key=None):
         cfg = self.cfg
         t = jnp.asarray(t)
         if t.ndim == 0:
@@ -259,11 +277,12 @@ class DiT(nnx.Module):
         y = None if y is None else jnp.asarray(y)
         if cfg.num_classes > 0 and y is None:
             raise ValueError("this DiT is class-conditional: pass labels y (use num_classes for the null label)")
-        self._check_inputs(x, t, y)
+        z = None if z is None else jnp.asarray(z)
+        self._check_inputs(x, t, y, z)
         dtype = jnp.dtype(cfg.dtype)
         h = self.x_embedder(patchify(x.astype(dtype), cfg.patch_size)) + self.pos_embed().astype(dtype)
         h = constrain(h, ("batch", "length", "embed"))
-        c = None if self.cond is None else self.cond(t, y, label_drop_key)
+        c = None if self.cond is None else self.cond(t, y, label_drop_key, z)
         h = self._run_blocks(h, c, t, y, label_drop_key)
         if c is None:  # diffusers layout: the final layer reads block 0's embedder
             c = self._block0_conditioning(t, y, label_drop_key)
@@ -333,11 +352,15 @@ def from_run_config(cfg) -> DiTConfig:
 
 
 def conditions(cfg: DiTConfig) -> dict[str, Condition]:
-    """Labels `y`; the null label is id num_classes (a row that exists when trained with dropout)."""
-    if cfg.num_classes == 0:
-        return {}
-    return {"y": Condition(null=cfg.num_classes if cfg.class_dropout_prob > 0 else None,
-                           dropout=cfg.class_dropout_prob)}
+    """Labels `y`; the null label is id num_classes (a row that exists when trained with dropout).
+    A vector condition `z` has no null (it is never dropped)."""
+    out = {}
+    if cfg.num_classes:
+        out["y"] = Condition(null=cfg.num_classes if cfg.class_dropout_prob > 0 else None,
+                             dropout=cfg.class_dropout_prob)
+    if cfg.vector_dim:
+        out["z"] = Condition(null=None)
+    return out
 
 
 DIT_KIND = register_model(ModelKind(

@@ -39,7 +39,7 @@ from flax import nnx
 from unigen.models.registry import Condition, ModelKind, register_model
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options, check_positive_ints
-from unigen.nn.embeddings import TimestepEmbedder
+from unigen.nn.embeddings import TimestepEmbedder, VectorEmbedder
 from unigen.nn.layers import Dense
 from unigen.nn.mlp import Mlp
 from unigen.nn.modulate import gate, modulate
@@ -226,17 +226,6 @@ def attention_options(cfg: MMDiTConfig, n_image: int | None = None) -> dict:
     return options
 
 
-class SiluMlp(nnx.Module):
-    """Linear -> SiLU -> Linear (diffusers PixArtAlphaTextProjection with act_fn="silu")."""
-
-    def __init__(self, d_in: int, d: int, *, rngs: nnx.Rngs, dtype=None):
-        self.fc1 = Dense(d_in, d, axes=(None, "embed"), rngs=rngs, dtype=dtype)
-        self.fc2 = Dense(d, d, axes=("embed", None), rngs=rngs, dtype=dtype)
-
-    def __call__(self, x):
-        return self.fc2(jax.nn.silu(self.fc1(x)))
-
-
 class MMDiT(nnx.Module):
     """`model(x, t, context, pooled)` -> (B, H, W, out_channels); see the module docstring."""
 
@@ -247,7 +236,7 @@ class MMDiT(nnx.Module):
         zeros = nnx.initializers.zeros_init()
         self.x_embedder = Dense(p * p * cfg.in_channels, d, axes=("patch", "embed"), rngs=rngs, dtype=dtype)
         self.t_embedder = TimestepEmbedder(d, rngs=rngs, dtype=dtype)
-        self.pooled_embedder = SiluMlp(cfg.pooled_projection_dim, d, rngs=rngs, dtype=dtype)
+        self.pooled_embedder = VectorEmbedder(cfg.pooled_projection_dim, d, rngs=rngs, dtype=dtype)
         self.context_embedder = Dense(cfg.joint_attention_dim, d, axes=(None, "embed"), rngs=rngs, dtype=dtype)
         for j, (_, count, dual, pre_only) in enumerate(block_runs(cfg)):
             setattr(self, f"blocks_{j}", self._make_run(count, dual, pre_only, rngs))

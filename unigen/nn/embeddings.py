@@ -1,4 +1,4 @@
-"""Timestep and class-label embeddings (the one place they are written).
+"""Timestep, class-label and vector embeddings (the one place they are written).
 
 Sinusoidal timestep features, DiT's `TimestepEmbedder.timestep_embedding`:
     freqs_i = exp(-ln(max_period) * i / (half - shift)),  i = 0..half-1
@@ -63,3 +63,16 @@ class LabelEmbedder(nnx.Module):
         if drop_key is not None and self.dropout > 0:
             y = self.drop(y, drop_key)
         return jnp.take(self.table[...], y, axis=0)
+
+
+class VectorEmbedder(nnx.Module):
+    """A conditioning vector -> Linear -> SiLU -> Linear, added to the timestep embedding:
+    SD3's pooled-text projection (diffusers `PixArtAlphaTextProjection`, act_fn="silu"), and
+    the latent z of an LZN decoder (unigen.models.lzn)."""
+
+    def __init__(self, d_in: int, d: int, *, rngs: nnx.Rngs, dtype=None):
+        self.fc1 = Dense(d_in, d, axes=(None, "embed"), rngs=rngs, dtype=dtype)
+        self.fc2 = Dense(d, d, axes=("embed", None), rngs=rngs, dtype=dtype)
+
+    def __call__(self, x):
+        return self.fc2(jax.nn.silu(self.fc1(x)))

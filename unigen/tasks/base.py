@@ -24,13 +24,18 @@ from unigen.registry import Registry
 
 class Task:
     """The interface the trainer and `infer/sample.py` use. Subclasses set `process`,
-    `sample_shape`, `clip` and implement `dataset` and `loss`."""
+    `sample_shape`, `clip` and implement `dataset` and `loss`. A task that trains no
+    generative model (e.g. representation learning) sets `process = None`: the trainer then
+    draws no sample grids and `evaluate` gets no `generate`."""
 
     name: str = ""
     process: Any = None                 # the objective (unigen.diffusion.objective protocol)
     sample_shape: tuple[int, ...] = ()  # one sample, e.g. (H, W, C)
     clip: bool = True                   # samples are pixels in [-1, 1] (False: latents)
     needs_forward_mode: bool = False    # the loss uses jax.jvp of the network (no CPU custom VJPs)
+    # prepare_conditions(model, cond, keys) -> cond: the model's conditions computed from the
+    # given ones (and each sample's key) before sampling; None = the conditions as given.
+    prepare_conditions = None
 
     def __init__(self, cfg, model_kind, model_cfg):
         self.cfg, self.model_kind, self.model_cfg = cfg, model_kind, model_cfg
@@ -89,8 +94,9 @@ class Task:
         """(conditions, number of samples, rows) for a sample grid."""
         return {}, per_row * 4, 4
 
-    def evaluate(self, generate, workdir: str) -> dict | None:
-        """The final evaluation; `generate(cond, num, seed) -> numpy samples`. None = none."""
+    def evaluate(self, generate, workdir: str, model=None) -> dict | None:
+        """The final evaluation; `generate(cond, num, seed) -> numpy samples` (None when the
+        task has no `process`), `model` the trained (EMA) module. None = no evaluation."""
         return None
 
 

@@ -107,7 +107,7 @@ class DiffusionTask(Task):
         """Arrays saved beside the protocol's samples (none here; a text task adds the prompts)."""
         return {}
 
-    def evaluate(self, generate, workdir):
+    def evaluate(self, generate, workdir, model=None):
         e = self.cfg.eval
         if self.cfg.data.name != "digits":
             print(f"no evaluation for data set {self.cfg.data.name!r} (the protocol's classifier is for digits)")

@@ -110,6 +110,11 @@ def validate(cfg, num_devices: int | None = None) -> Run:
     for pattern in t.get("frozen", ()) or ():
         _need(isinstance(pattern, str) and pattern, "train.frozen", t.frozen,
               "use a tuple of regular expressions over parameter paths, e.g. ('text_encoder/',)")
+    for rule in t.get("lr_multipliers", ()) or ():
+        _need(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str) and rule[0]
+              and isinstance(rule[1], (int, float)) and not isinstance(rule[1], bool) and rule[1] >= 0,
+              "train.lr_multipliers", t.lr_multipliers,
+              "use a tuple of (regex over parameter paths, factor >= 0) pairs, e.g. (('^encoder/', 0.025),)")
     if num_devices is not None:
         micro = t.batch_size // t.grad_accum
         _need(micro % num_devices == 0 or num_devices == 1, "train.batch_size", t.batch_size,
@@ -120,6 +125,28 @@ def validate(cfg, num_devices: int | None = None) -> Run:
             split_model(nnx.eval_shape(lambda: run.model_kind.build(run.model_cfg)), tuple(t.frozen))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if t.get("lr_multipliers"):
+        _check_multipliers_match(run, t.lr_multipliers)
+    if run.task.process is not None:  # a task that samples (not e.g. representation learning)
+        _validate_sampling(s, run)
+    for f in ("data", "fsdp", "tensor", "context"):
+        _need(isinstance(cfg.mesh[f], int) and (cfg.mesh[f] >= 1 or cfg.mesh[f] == -1), f"mesh.{f}",
+              cfg.mesh[f], "use a positive int, or -1 to fill the remaining devices")
+    return run
+
+
+def _check_multipliers_match(run, multipliers) -> None:
+    import re
+
+    from unigen.training.state import path_text
+    params = nnx.state(nnx.eval_shape(lambda: run.model_kind.build(run.model_cfg)), nnx.Param)
+    paths = [path_text(p) for p, _ in nnx.to_flat_state(params)]
+    for pattern, _ in multipliers:
+        _need(any(re.search(pattern, p) for p in paths), "train.lr_multipliers", pattern,
+              f"matches no parameter; parameter paths look like {paths[0]!r}")
+
+
+def _validate_sampling(s, run) -> None:
     samplers = run.task.process.samplers
     _need(s.sampler in samplers, "sample.sampler", s.sampler,
           f"use one of {samplers} for a {type(run.task.process).__name__} (config.diffusion.kind)")
@@ -130,7 +157,3 @@ def validate(cfg, num_devices: int | None = None) -> Run:
         _need(nulls and all(v is not None for v in nulls.values()), "sample.cfg_scale", s.cfg_scale,
               "guidance needs a conditional model trained with condition dropout "
               "(e.g. model.class_dropout_prob > 0); or set 1.0")
-    for f in ("data", "fsdp", "tensor", "context"):
-        _need(isinstance(cfg.mesh[f], int) and (cfg.mesh[f] >= 1 or cfg.mesh[f] == -1), f"mesh.{f}",
-              cfg.mesh[f], "use a positive int, or -1 to fill the remaining devices")
-    return run

@@ -17,6 +17,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from unigen.convert.registry import register_folder
@@ -296,6 +297,17 @@ def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | 
     flat = module_to_flat(model, kind.stacked(run.model_cfg))
     new_cfg = dataclasses.replace(run.model_cfg, **overrides)
     return build_filled(kind.module, new_cfg, flat, workdir)
+
+
+def load_task_frozen(workdir: str) -> dict:
+    """The task's frozen parts of a work dir (e.g. an LZN classifier's reference images), as
+    numpy arrays on the host; {} when the task has none."""
+    cfg = read_config(workdir)
+    from unigen.training.build import import_plugins
+    import_plugins(cfg)
+    _, _, abstract_frozen, _ = abstract_train_state(cfg)
+    frozen = restore_frozen(workdir, abstract_frozen)
+    return jax.tree.map(np.asarray, dict(frozen["task"]))
 
 
 @register_folder("unigen training work dir", is_workdir)

@@ -14,12 +14,14 @@ Sample grids and the task's evaluation sample over the whole mesh, in every proc
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from unigen import parallel
 from unigen.errors import CheckpointError, ConfigError, UnigenError
@@ -37,7 +39,8 @@ from unigen.training.step import make_train_step
 # Optimizer hyperparameters may change (to recover from a divergence); the state's structure does not.
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                     "train.keep_checkpoints", "train.lr", "train.grad_clip", "train.warmup_steps",
-                    "train.lr_schedule", "train.weight_decay", "train.b1", "train.b2", "train.ema_decay", "sample", "eval", "mesh", "data.data_dir", "model.scan_layers",
+                    "train.lr_schedule", "train.weight_decay", "train.lr_multipliers", "train.b1", "train.b2",
+                    "train.ema_decay", "sample", "eval", "mesh", "data.data_dir", "model.scan_layers",
                     "model.remat", "model.attention_backend", "imports", "train.cpu_custom_vjps",
                     "train.async_checkpointing")
 # Fields added after work dirs were first written, with the value an older run had.
@@ -150,7 +153,7 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
             return train_step(state, frozen, batch)
 
     step_fn = None  # compiled at the first batch, whose entries fix the batch shardings
-    generator = Generator.from_config(cfg.sample, task, graphdef, mesh=mesh, rules=rules)
+    generator = _generator(cfg, task, graphdef, mesh, rules)
     total, t = cfg.train.steps, cfg.train
     bar = _progress(start, total, progress and main_process)
     last_good, last_checked, all_finite, window = start, start, jnp.array(True), (time.perf_counter(), start)
@@ -182,7 +185,7 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
             if step % t.checkpoint_every == 0 or last:
                 ckpt.save(step, state, data_iter.get_state())
                 last_good = step
-            if t.sample_every and (step % t.sample_every == 0 or last):
+            if t.sample_every and generator is not None and (step % t.sample_every == 0 or last):
                 grid = _sample_grid(cfg, task, generator, _model_states(state, frozen),
                                     os.path.join(workdir, f"samples_{step:07d}.png"), main_process)
                 if grid is not None:
@@ -196,12 +199,24 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
             metrics_log.close()
     result = {"step": total, **{k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}}
     if cfg.eval.at_end:
-        result["eval"] = _evaluate(cfg, task, generator, state, frozen, workdir, total)
+        result["eval"] = _evaluate(cfg, task, generator, graphdef, state, frozen, workdir, total)
     return result
 
 
-def _evaluate(cfg, task, generator, state, frozen, workdir, step):
-    rows = task.evaluate(_generate_fn(generator, _model_states(state, frozen), cfg.eval.batch_size), workdir)
+def _generator(cfg, task, graphdef, mesh, rules):
+    """The sampler of the task's generative model; None for a task without one (process None)."""
+    if task.process is None:
+        return None
+    return Generator.from_config(cfg.sample, task, graphdef, mesh=mesh, rules=rules)
+
+
+def _evaluate(cfg, task, generator, graphdef, state, frozen, workdir, step):
+    states = _model_states(state, frozen)
+    generate = None if generator is None else _generate_fn(generator, states, cfg.eval.batch_size)
+    if "model" in inspect.signature(task.evaluate).parameters:
+        rows = task.evaluate(generate, workdir, model=nnx.merge(graphdef, *states))
+    else:  # a task written before evaluate took the model
+        rows = task.evaluate(generate, workdir)
     if rows and jax.process_index() == 0:
         log_eval(workdir, step, rows)
     return rows
@@ -217,10 +232,12 @@ def _finished_run(cfg, task, graphdef, state, frozen, workdir, step, mesh, rules
     result = {"step": step, **MetricsLog.last_row(workdir, step)}
     eval_json = os.path.join(workdir, "eval.json")
     if cfg.eval.at_end and (cfg.eval.get("rerun", False) or not os.path.exists(eval_json)):
-        generator = Generator.from_config(cfg.sample, task, graphdef, mesh=mesh, rules=rules)
-        result["eval"] = _evaluate(cfg, task, generator, state, frozen, workdir, step)
+        generator = _generator(cfg, task, graphdef, mesh, rules)
+        result["eval"] = _evaluate(cfg, task, generator, graphdef, state, frozen, workdir, step)
     elif cfg.eval.at_end:
         print(f"evaluation: {eval_json} (set --config.eval.rerun=True to evaluate again)", flush=True)
+        with open(eval_json) as f:
+            result["eval"] = json.load(f)
     return result
 
 

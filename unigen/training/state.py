@@ -55,8 +55,43 @@ def split_model(model: nnx.Module, frozen: Sequence[str] = ()):
     return graphdef, params, mutable, rest
 
 
+def tree_path_text(keypath) -> str:
+    """A pytree key path of a params tree as 'encoder/blocks/0/qkv/kernel' (as `path_text`)."""
+    parts = []
+    for k in keypath:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        # GetAttrKey (a Variable's .value) names no parameter
+    return "/".join(parts)
+
+
+def scale_by_path(inner: optax.GradientTransformation,
+                  multipliers: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
+    """`inner` with each parameter's update multiplied by the factor of the first regular
+    expression that matches its path ('encoder/blocks/0/qkv/kernel'; unmatched: 1). Around
+    AdamW this is a per-group learning rate (torch's param groups, e.g. LZN's encoder at 1/40
+    of the decoder's rate), decoupled weight decay included. The state is `inner`'s own, so
+    checkpoints do not change structure and a resumed run may change the multipliers."""
+    rules = [(re.compile(p), float(f)) for p, f in multipliers]
+    if not rules:
+        return inner
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, state, params)
+
+        def scale(keypath, u):
+            factor = next((f for p, f in rules if p.search(tree_path_text(keypath))), 1.0)
+            return u if factor == 1.0 else u * jnp.asarray(factor, u.dtype)
+        return jax.tree_util.tree_map_with_path(scale, updates), state
+
+    return optax.GradientTransformation(inner.init, update)
+
+
 def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup, then constant or cosine decay, and global-norm clipping."""
+    """AdamW with linear warmup, then constant or cosine decay, and global-norm clipping;
+    `train.lr_multipliers` ((regex, factor), ...) scales the rate of the parameters it matches."""
     lr, warmup, steps = train_cfg.lr, train_cfg.warmup_steps, train_cfg.steps
     if train_cfg.lr_schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, warmup + 1), lr * 0.1)
@@ -67,6 +102,7 @@ def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, optax.Sched
     # whatever grad_clip is, and a resumed run may change it.
     clip = optax.clip_by_global_norm(train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
     adamw = optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2, weight_decay=train_cfg.weight_decay)
+    adamw = scale_by_path(adamw, tuple(train_cfg.get("lr_multipliers", ()) or ()))
     return optax.chain(clip, adamw), schedule
 
 
