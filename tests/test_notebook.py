@@ -42,3 +42,15 @@ def test_text_to_image_notebook_runs(tmp_path, monkeypatch):
     assert "pooled (6, 384)" in text and "memoriser" in text
     assert images >= 2  # the similarity matrix and the prompt grid, inline
     assert os.path.exists(tmp_path / "run" / "prompts.png")
+
+
+@pytest.mark.slow
+def test_latent_zoning_notebook_runs(tmp_path, monkeypatch):
+    text, images = run_notebook("latent_zoning.ipynb", tmp_path, monkeypatch, {
+        "UNIGEN_LZN_QUICK": "1", "UNIGEN_LZN_WORKDIR": str(tmp_path / "run")})
+    assert "zone Gaussian mass (skewed prior)" in text                   # the 2-D toy, no training
+    assert "FD against the test split" in text and "anchors of 32 test digits: (32, 8)" in text
+    assert "raw_pixels" in text                                          # the representation's probe table
+    assert "predicted:" in text and "classification test accuracy" in text
+    assert images >= 5  # zones, generation grid, reconstructions, anchor projection, class grid
+    assert os.path.exists(tmp_path / "run" / "lzn_gen" / "samples_0000004.png")

@@ -18,6 +18,11 @@ QUICK_MODEL = {
     "mmdit_digits.py": ["--config.model.num_layers=1", "--config.model.num_attention_heads=2",
                         "--config.model.attention_head_dim=16", "--config.model.caption_projection_dim=32"],
 }
+_TINY_LZN = ["--config.model.encoder.width=16", "--config.model.encoder.depth=1", "--config.model.encoder.num_heads=2"]
+_TINY_DECODER = ["--config.model.decoder.depth=1", "--config.model.decoder.hidden_size=32",
+                 "--config.model.decoder.num_heads=2"]
+QUICK_MODEL.update({"lzn_gen_digits.py": _TINY_LZN + _TINY_DECODER, "lzn_cls_digits.py": _TINY_LZN + _TINY_DECODER,
+                    "lzn_repr_digits.py": _TINY_LZN})
 QUICK_DIT = ["--config.model.depth=1", "--config.model.hidden_size=32", "--config.model.num_heads=2"]
 
 
@@ -26,6 +31,7 @@ def quick_train(words) -> list[str]:
                   if w.startswith("--config") and not w.startswith("--config."))
     return QUICK_TRAIN + QUICK_MODEL.get(os.path.basename(config), QUICK_DIT)
 QUICK_SAMPLE = ["--steps", "2"]
+QUICK_BENCH = {"lzn_generation.py": ["--quick", "--no-progress"]}
 
 
 def readme_commands() -> list[list[str]]:
@@ -56,7 +62,8 @@ def _run(words, cwd):
         if os.path.isabs(words[i]):
             words[i] = os.path.join(cwd, "abs", os.path.basename(words[i]))
     script = words[1]
-    extra = quick_train(words) if script.endswith("train.py") else QUICK_SAMPLE if script.endswith("sample.py") else []
+    extra = (quick_train(words) if script.endswith("train.py") else QUICK_SAMPLE if script.endswith("sample.py")
+             else QUICK_BENCH.get(os.path.basename(script), []))
     cmd = [sys.executable, *words[1:], *extra]
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"{shlex.join(words)}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
@@ -65,7 +72,7 @@ def _run(words, cwd):
 
 @pytest.mark.slow
 def test_every_readme_command_runs_in_quick_mode(tmp_path):
-    for name in ("train", "infer", "configs"):
+    for name in ("train", "infer", "configs", "bench"):
         os.symlink(os.path.join(ROOT, name), tmp_path / name)
     commands = readme_commands()
     scripts = [w[w.index("python") + 1] for w in commands]

@@ -71,8 +71,9 @@ def from_pretrained(path: str, *, subfolder: str | None = None, component: str |
     pick = getattr(model, "component", None)
     if pick is None:
         raise WeightError(f"{path}: a {type(model).__name__} has no components; drop component={component!r}")
-    try:
-        return pick(component, source=os.path.expanduser(os.fspath(path)))
+    source = os.path.expanduser(os.fspath(path))
+    try:  # the task-side arrays (e.g. a classifier's reference images), read only if asked for
+        return pick(component, task_frozen=lambda: registry.task_frozen(source))
     except ValueError as e:
         raise WeightError(f"{path}: {e}") from None
 

@@ -4,6 +4,7 @@
   register_transformers("bert")(load)                  # a transformers folder's config `model_type`
   register_file("official DiT checkpoint", detect)(load)   # a single weight file
   register_folder("unigen training work dir", detect)(load)
+  register_task_frozen("unigen training work dir", detect)(read)  # a source's task-side arrays
 
 Folder loaders are called `load(folder, config_dict, **overrides)`, file and other folder
 loaders `load(path, **overrides)`; each returns an `nnx.Module`. unigen's own format
@@ -18,6 +19,7 @@ _DIFFUSERS: dict[str, Callable] = {}
 _TRANSFORMERS: dict[str, Callable] = {}
 _FILES: list[tuple[str, Callable[[str], bool], Callable]] = []
 _FOLDERS: list[tuple[str, Callable[[str], bool], Callable]] = []
+_TASK_FROZEN: list[tuple[str, Callable[[str], bool], Callable]] = []
 
 
 def register_diffusers(class_name: str):
@@ -47,6 +49,17 @@ def register_file(name: str, detect: Callable[[str], bool]):
 
 def register_folder(name: str, detect: Callable[[str], bool]):
     return _add(_FOLDERS, name, detect)
+
+
+def register_task_frozen(name: str, detect: Callable[[str], bool]):
+    """`read(path) -> dict` of the arrays a source keeps beside its model for its task (a
+    training work dir's frozen task parts, e.g. an LZN classifier's reference images)."""
+    return _add(_TASK_FROZEN, name, detect)
+
+
+def task_frozen(path: str) -> dict:
+    """The task-side arrays stored with `path` ({} when its source keeps none)."""
+    return next((read(path) for _, detect, read in _TASK_FROZEN if detect(path)), {})
 
 
 def diffusers_loader(class_name: str):

@@ -2,12 +2,13 @@
 the latent alignment loss, the image encoder and label anchors. See `unigen.lzn.flow` for the
 time convention."""
 from unigen.lzn.alignment import alignment_loss, contrastive_alignment_loss
+from unigen.lzn.classifier import LZNClassifier
 from unigen.lzn.encoder import ImageEncoder, ImageEncoderConfig, LabelAnchors
 from unigen.lzn.flow import (
     denoise, encode, integrate, log_posterior, posterior, reverse, t_range, time_grid, velocity,
 )
 
 __all__ = [
-    "alignment_loss", "contrastive_alignment_loss", "ImageEncoder", "ImageEncoderConfig", "LabelAnchors", "denoise", "encode", "integrate", "log_posterior",
+    "alignment_loss", "contrastive_alignment_loss", "LZNClassifier", "ImageEncoder", "ImageEncoderConfig", "LabelAnchors", "denoise", "encode", "integrate", "log_posterior",
     "posterior", "reverse", "t_range", "time_grid", "velocity",
 ]

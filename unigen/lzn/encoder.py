@@ -11,7 +11,8 @@ pre-LN ViT made of the library's shared pieces:
       + fixed 2-D sin-cos positions                        (unigen.nn.posemb.sincos_2d)
       -> depth x [x += Attn(LN(x)); x += Mlp(LN(x))]       LayerNorm with scale and bias
       -> LN                                                `encoder.tokens(x)`: (B, T, width)
-      -> mean over tokens -> Dense to `latent_dim`         `encoder(x)`: (B, latent_dim)
+      -> mean over tokens                                  `encoder.features(x)`: (B, width)
+      -> Dense to `latent_dim`                             `encoder(x)`: (B, latent_dim)
 
 The representation (the anchor) is returned in float32 whatever the compute dtype: the
 latent flow's posteriors are ~|a|^2 / t^2 logits and need float32 anchors. Token states are
@@ -175,9 +176,13 @@ class ImageEncoder(nnx.Module):
         h = self._run_blocks(h)
         return constrain(self.norm(h), ("batch", "length", "embed"))
 
+    def features(self, x: jax.Array) -> jax.Array:
+        """(B, width) float32 mean of the token states: the pre-head representation (the
+        reference's linear-probe mode "no_head")."""
+        return self.tokens(x).astype(jnp.float32).mean(axis=1)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = self.tokens(x).astype(jnp.float32).mean(axis=1)
-        return constrain(self.head(pooled), ("batch", None))
+        return constrain(self.head(self.features(x)), ("batch", None))
 
 
 class LabelAnchors(nnx.Module):

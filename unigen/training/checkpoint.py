@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from unigen.convert.registry import register_folder
+from unigen.convert.registry import register_folder, register_task_frozen
 from unigen.errors import CheckpointError, ConfigError
 
 
@@ -299,6 +299,7 @@ def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | 
     return build_filled(kind.module, new_cfg, flat, workdir)
 
 
+@register_task_frozen("unigen training work dir", is_workdir)
 def load_task_frozen(workdir: str) -> dict:
     """The task's frozen parts of a work dir (e.g. an LZN classifier's reference images), as
     numpy arrays on the host; {} when the task has none."""
