@@ -31,14 +31,10 @@ from flax import nnx
 
 from unigen.lzn.encoder import ImageEncoder, ImageEncoderConfig, LabelAnchors
 from unigen.models.dit import DiT, DiTConfig, dit_config
-from unigen.models.registry import Condition, ModelKind, register_model
+from unigen.models.registry import Condition, ModelKind, _tuples, register_model
 from unigen.nn.checks import is_positive_int
 
 RUNTIME_FIELDS = ("dtype", "attention_backend", "scan_layers", "remat")
-
-
-def _tuples(v):
-    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def _sub_config(cls, value, field):
