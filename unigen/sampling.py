@@ -84,10 +84,19 @@ class Generator:
     @classmethod
     def from_config(cls, sample_cfg, task, graphdef, **kwargs) -> "Generator":
         """The generator `config.sample` describes for a task (its objective, sample shape, null
-        condition and data space); `kwargs` override (e.g. mesh=, rules=, steps=)."""
+        condition and data space); `kwargs` override (e.g. mesh=, rules=, steps=).
+
+        `sample.guidance_interval` (optional, (lo, hi) with lo <= hi): guide only where the time the
+        model receives lies in [lo, hi] (classifier_free_guidance's `interval`), in model-time units:
+        for a flow, model_time(sigma) = time_scale * sigma, or time_scale * (1 - sigma) with
+        time_convention="data_at_one"; `RectifiedFlow.model_time_interval(sigma_lo, sigma_hi)`
+        converts. LightningDiT's `cfg_interval_start` c (guidance where its t >= c, t = 1 data) is
+        (c, 1.0) with time_convention="data_at_one", time_scale=1, or (0, 1000 (1 - c)) in the
+        default SD3 convention."""
         s = sample_cfg
         options = dict(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, guided_channels=s.guided_channels,
-                       eta=s.get("eta", 0.0), clip_denoised=s.get("clip_denoised", False))
+                       eta=s.get("eta", 0.0), clip_denoised=s.get("clip_denoised", False),
+                       guidance_interval=_guidance_interval(s.get("guidance_interval")))
         options.update(kwargs)
         null_cond = task.null_cond() if options["cfg_scale"] != 1.0 else None
         options.setdefault("prepare", getattr(task, "prepare_conditions", None))
@@ -172,6 +181,22 @@ class Generator:
             bar.close()
         images = np.concatenate(out)
         return np.clip(images, -1.0, 1.0) if self.clip else images
+
+
+def _guidance_interval(value):
+    """`config.sample.guidance_interval` as a (lo, hi) float pair, or None."""
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value)
+        ok = lo <= hi
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"config.sample.guidance_interval={value!r}: use (lo, hi) with lo <= hi in the units the "
+                         "model receives (e.g. (0.11, 1.0) for LightningDiT's cfg_interval_start=0.11 with "
+                         "time_convention='data_at_one', time_scale=1), or None to guide every step")
+    return (lo, hi)
 
 
 def _bar(progress, total):

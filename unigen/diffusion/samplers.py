@@ -9,7 +9,8 @@ Common call shape:
             takes any process of the objective protocol (unigen.diffusion.objective).
             Hashed by its config (static).
   model_fn  model_fn(x, t, **cond) -> output, in the process's own time convention
-            (Gaussian: original integer timestep; flow: flow.model_time(sigma)).
+            (Gaussian: original integer timestep; flow: flow.model_time(sigma), the output read
+            through flow.velocity, so a LightningDiT-convention flow samples the same way).
             Static: compiled code is cached per (process, model_fn identity, shape,
             static options), so build model_fn ONCE and reuse it. To change weights
             without recompiling, pass them through cond, e.g.
@@ -142,7 +143,8 @@ def _flow_ode(flow, model_fn, shape, rng, cond, noise, heun, final_euler, progre
     z, _ = _start(shape, rng, noise)
 
     def vel(z, s):
-        return model_fn(z, flow.model_time(jnp.full((shape[0],), s, jnp.float32)), **cond).astype(z.dtype)
+        out = model_fn(z, flow.model_time(jnp.full((shape[0],), s, jnp.float32)), **cond)
+        return flow.velocity(out).astype(z.dtype)  # dz/dsigma, whatever the model's time convention
 
     def step(z, pair, second_order):
         s, s_next = pair[0], pair[1]

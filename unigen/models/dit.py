@@ -23,6 +23,26 @@ and added to c (as SD3 adds its pooled text vector): the latent of an LZN decode
 
 `scan_layers=True` stacks the blocks on a leading "layers" axis and runs them with
 `lax.scan` (compile time independent of depth); `remat=True` rematerialises each block.
+
+LightningDiT (Yao et al. 2025, hustvl/LightningDiT `models/lightningdit.py`) is this family with
+options turned on, not a second block stack; every option defaults to DiT's behaviour:
+  mlp_type="swiglu"    SwiGLU FFN (w12 -> SiLU(a) * b -> w3) of width int(2/3 * int(D * mlp_ratio))
+                       (the reference's `use_swiglu`; 3072 for D = 1152, no rounding to a multiple).
+  norm_type="rmsnorm"  the blocks' two norms and the final layer's norm are RMSNorm with a learnable
+                       scale (ones at init), eps = norm_eps / mlp_norm_eps (1e-6), statistics in
+                       float32 (`use_rmsnorm`; the LLaMA RMSNorm the reference ships).
+  qk_norm=True         per-head norm of q and k before RoPE (`use_qknorm`): RMSNorm(Dh, eps 1e-6) with
+                       norm_type="rmsnorm", else torch's default LayerNorm(Dh) (affine, eps 1e-5).
+  rope="2d"            2-D RoPE on q, k per head after the qk-norm (`use_rope`; EVA-02's
+                       VisionRotaryEmbeddingFast with dim = Dh/2, theta `rope_theta`, integer
+                       positions; unigen/nn/rope.py). The absolute sin-cos table is still added
+                       (pos_embed="sincos"), as the reference does; pos_embed="none" drops it.
+  wo_shift=True        the blocks' adaLN has no shifts (4 modulations: scale, gate, scale, gate); the
+                       final layer keeps (shift, scale).
+The preset names "LightningDiT-B/1", "LightningDiT-XL/1", ... (`lightningdit_config`, also accepted by
+`dit_config` and `config.model.name`) give the reference's sizes with the options of its released
+config (configs/lightningdit_xl_vavae_f16d32.yaml: SwiGLU, RMSNorm, RoPE, no qk-norm, shifts kept,
+learn_sigma False) on VA-VAE f16d32 latents (32 channels, 16x16 for 256px images).
 """
 
 from __future__ import annotations
@@ -40,16 +60,26 @@ from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options
 from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder, VectorEmbedder
 from unigen.nn.layers import Dense
-from unigen.nn.mlp import Mlp
+from unigen.nn.mlp import Mlp, SwiGLU
 from unigen.nn.modulate import gate, modulate
-from unigen.nn.norms import layer_norm
+from unigen.nn.norms import LayerNorm, RMSNorm, layer_norm
 from unigen.nn.patch import check_divisible, patchify, unpatchify
 from unigen.nn.posemb import sincos_2d
+from unigen.nn.rope import apply_rope, rope_2d_freqs
 from unigen.models.registry import Condition, ModelKind, register_model
 from unigen.parallel.logical import constrain
 
 # depth, hidden size, heads (DiT Table 1).
 DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+# LightningDiT's sizes (models/lightningdit.py: LightningDiT_models), patch 1 or 2.
+LIGHTNINGDIT_SIZES = {"B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16),
+                      "1p0B": (24, 1536, 24), "1p6B": (28, 1792, 28)}
+# What the released LightningDiT config turns on (the reference class defaults every flag to
+# False; its configs/*.yaml set these), on VA-VAE f16d32 latents of 256px ImageNet.
+LIGHTNINGDIT_OPTIONS = dict(mlp_type="swiglu", norm_type="rmsnorm", qk_norm=False, rope="2d", pos_embed="sincos",
+                            wo_shift=False, learn_sigma=False, in_channels=32, input_size=16, num_classes=1000)
+QK_LAYERNORM_EPS = 1e-5  # the reference's qk LayerNorm is torch's default nn.LayerNorm(head_dim)
+MLP_TYPES, NORM_TYPES, ROPE_TYPES, POS_EMBEDS = ("gelu", "swiglu"), ("layernorm", "rmsnorm"), ("none", "2d"), ("sincos", "none")
 COMPAT = {
     "official": dict(time_freq_shift=0.0, norm_eps=1e-6, mlp_norm_eps=1e-6, per_block_conditioning=False),
     "diffusers": dict(time_freq_shift=1.0, norm_eps=1e-6, mlp_norm_eps=1e-5, per_block_conditioning=True),
@@ -76,6 +106,14 @@ class DiTConfig:
     attention_backend: str = "auto"
     attention_options: tuple = ()   # (key, value) pairs passed to the attention backend
     block_type: str = "dit"         # "dit" (adaLN-Zero + softmax attention) or "sana"
+    # LightningDiT options (module docstring); the defaults are DiT's.
+    mlp_type: str = "gelu"          # "gelu" (Linear-GELU(tanh)-Linear) or "swiglu"
+    norm_type: str = "layernorm"    # "layernorm" (affine-free) or "rmsnorm" (learnable scale)
+    qk_norm: bool = False           # per-head norm of q and k (RMSNorm or LayerNorm, by norm_type)
+    rope: str = "none"              # "none" or "2d": 2-D rotary embedding of q, k per head
+    rope_theta: float = 10000.0
+    pos_embed: str = "sincos"       # "sincos": the fixed 2-D table added to the tokens; "none"
+    wo_shift: bool = False          # True: the blocks' adaLN has no shifts (4 modulations)
     scan_layers: bool = False
     remat: bool = False
     dtype: str = "float32"          # compute dtype; parameters stay float32
@@ -88,6 +126,16 @@ class DiTConfig:
     def grid(self) -> int:
         return self.input_size // self.patch_size
 
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The FFN width: int(D * mlp_ratio); SwiGLU takes 2/3 of it as the reference does."""
+        hidden = int(self.hidden_size * self.mlp_ratio)
+        return int(2 / 3 * hidden) if self.mlp_type == "swiglu" else hidden
+
     def validate(self) -> "DiTConfig":
         def bad(field, why):
             raise ValueError(f"DiTConfig.{field}={getattr(self, field)!r}: {why}")
@@ -98,8 +146,24 @@ class DiTConfig:
             bad("input_size", f"not divisible by patch_size={self.patch_size}; use a multiple of it")
         if self.hidden_size % self.num_heads:
             bad("hidden_size", f"not divisible by num_heads={self.num_heads}")
-        if self.hidden_size % 4:
-            bad("hidden_size", "must be divisible by 4 (2-D sin-cos position embedding)")
+        if self.pos_embed not in POS_EMBEDS:
+            bad("pos_embed", f"use one of {POS_EMBEDS} ('sincos': DiT's and LightningDiT's fixed table)")
+        if self.pos_embed == "sincos" and self.hidden_size % 4:
+            bad("hidden_size", "must be divisible by 4 (2-D sin-cos position embedding); or set pos_embed='none'")
+        if self.mlp_type not in MLP_TYPES:
+            bad("mlp_type", "use 'gelu' (DiT) or 'swiglu' (LightningDiT)")
+        if self.norm_type not in NORM_TYPES:
+            bad("norm_type", "use 'layernorm' (DiT) or 'rmsnorm' (LightningDiT)")
+        for f in ("qk_norm", "wo_shift"):
+            if not isinstance(getattr(self, f), bool):
+                bad(f, "use True or False")
+        if self.rope not in ROPE_TYPES:
+            bad("rope", "use 'none' or '2d' (LightningDiT's 2-D RoPE on q, k)")
+        if self.rope == "2d" and self.head_dim % 4:
+            bad("rope", f"2-D RoPE needs head_dim = hidden_size/num_heads divisible by 4, got {self.head_dim}: "
+                        "change hidden_size or num_heads, or set rope='none'")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 0:
+            bad("rope_theta", "must be a number > 0 (10000.0 as LightningDiT)")
         if not 0.0 <= self.class_dropout_prob < 1.0:
             bad("class_dropout_prob", "must be in [0, 1)")
         if self.num_classes < 0:
@@ -113,6 +177,12 @@ class DiTConfig:
             bad("block_type", "use 'dit' or 'sana'")
         if self.block_type == "sana" and self.per_block_conditioning:
             bad("block_type", "SANA blocks take the shared conditioning (compat='official')")
+        if self.block_type == "sana":
+            defaults = dict(mlp_type="gelu", norm_type="layernorm", qk_norm=False, rope="none", wo_shift=False)
+            changed = sorted(k for k, v in defaults.items() if getattr(self, k) != v)
+            if changed:
+                bad("block_type", f"SANA blocks do not take the LightningDiT options {changed}: use block_type='dit' "
+                                  "or leave them at their defaults")
         options = dict(self.attention_options)
         if "window" in options and self.attention_backend != "block_sparse":
             bad("attention_options", "a 'window' is a block-sparse option: set attention_backend='block_sparse'")
@@ -121,24 +191,45 @@ class DiTConfig:
         return self
 
 
+_LIGHTNING_NAME = r"LightningDiT-(B|L|XL|1p0B|1p6B)/(1|2)"
+
+
 def dit_config(name: str = "DiT-XL/2", *, compat: str = "official", **overrides: Any) -> DiTConfig:
-    """Config for a named size ("DiT-S/2", "DiT-B/4", "DiT-XL/2", ...) with overrides."""
+    """Config for a named size ("DiT-S/2", "DiT-B/4", "DiT-XL/2", ... or a LightningDiT preset
+    "LightningDiT-B/1", "LightningDiT-XL/1", ...) with overrides (any DiTConfig field)."""
     m = re.fullmatch(r"DiT-(S|B|L|XL)/(2|4|8)", name)
-    if m is None:
+    lightning = re.fullmatch(_LIGHTNING_NAME, name) if m is None else None
+    if m is None and lightning is None:
         raise ValueError(
             f"unknown model name {name!r}; expected DiT-<size>/<patch> with size in "
-            f"{sorted(DIT_SIZES)} and patch in (2, 4, 8), e.g. 'DiT-XL/2'"
+            f"{sorted(DIT_SIZES)} and patch in (2, 4, 8), e.g. 'DiT-XL/2', or LightningDiT-<size>/<patch> "
+            f"with size in {sorted(LIGHTNINGDIT_SIZES)} and patch in (1, 2), e.g. 'LightningDiT-XL/1'"
         )
     if compat not in COMPAT:
         raise ValueError(f"compat={compat!r}; choose one of {sorted(COMPAT)}")
-    depth, hidden, heads = DIT_SIZES[m.group(1)]
-    fields = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(m.group(2)))
+    if lightning is not None and compat != "official":
+        raise ValueError(f"compat={compat!r}: LightningDiT presets use the official DiT conventions; "
+                         "set compat='official'")
+    match = m or lightning
+    depth, hidden, heads = (DIT_SIZES if m else LIGHTNINGDIT_SIZES)[match.group(1)]
+    fields = dict(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(match.group(2)))
     fields.update(COMPAT[compat])
+    if lightning is not None:
+        fields.update(LIGHTNINGDIT_OPTIONS)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(DiTConfig)}
     if unknown:
         raise ValueError(f"unknown DiTConfig fields {sorted(unknown)}")
     fields.update(overrides)
     return DiTConfig(**fields).validate()
+
+
+def lightningdit_config(name: str = "LightningDiT-XL/1", **overrides: Any) -> DiTConfig:
+    """A LightningDiT preset ("LightningDiT-B/1", "LightningDiT-XL/1", "LightningDiT-1p6B/2", ...):
+    the reference's size with its released options on (LIGHTNINGDIT_OPTIONS); fields override."""
+    if not re.fullmatch(_LIGHTNING_NAME, name):
+        raise ValueError(f"unknown LightningDiT name {name!r}; expected LightningDiT-<size>/<patch> with size in "
+                         f"{sorted(LIGHTNINGDIT_SIZES)} and patch in (1, 2), e.g. 'LightningDiT-XL/1'")
+    return dit_config(name, **overrides)
 
 
 @functools.lru_cache(maxsize=32)
@@ -151,6 +242,23 @@ def attention_kwargs(cfg: DiTConfig) -> dict:
         block = options.setdefault("block_size", 64)
         options["block_mask"] = local_window_block_mask((cfg.grid, cfg.grid), options.pop("window"), block)
     return options
+
+
+@functools.lru_cache(maxsize=32)
+def rope_angles(cfg: DiTConfig):
+    """(grid*grid, head_dim/2) RoPE angles of the token grid (numpy, a compile-time constant)."""
+    return rope_2d_freqs(cfg.head_dim, cfg.grid, cfg.grid, theta=float(cfg.rope_theta))
+
+
+def _qk_norm(cfg: DiTConfig, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.norm_type == "rmsnorm":
+        return RMSNorm(cfg.head_dim, eps=cfg.norm_eps, rngs=rngs)
+    return LayerNorm(cfg.head_dim, eps=QK_LAYERNORM_EPS, rngs=rngs)
+
+
+def _norm(module, x, eps):
+    """The block norm: affine-free LayerNorm (module None) or the RMSNorm module."""
+    return layer_norm(x, eps) if module is None else module(x)
 
 
 class Conditioning(nnx.Module):
@@ -175,29 +283,47 @@ class Conditioning(nnx.Module):
 
 
 class DiTBlock(nnx.Module):
-    """adaLN-Zero block: x += g1 * Attn(mod(LN(x))); x += g2 * MLP(mod(LN(x)))."""
+    """adaLN-Zero block: x += g1 * Attn(mod(N(x))); x += g2 * MLP(mod(N(x))), with the
+    LightningDiT options (module docstring): N LayerNorm or RMSNorm, qk-norm, 2-D RoPE,
+    GELU or SwiGLU MLP, adaLN with or without shifts."""
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
-        d, h = cfg.hidden_size, cfg.num_heads
+        d, h, dh = cfg.hidden_size, cfg.num_heads, cfg.head_dim
         dtype = jnp.dtype(cfg.dtype)
         self.cfg = cfg
         self.cond = Conditioning(cfg, rngs=rngs) if cfg.per_block_conditioning else None
-        self.qkv = Dense(d, (3, h, d // h), axes=("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype)
-        self.proj = Dense((h, d // h), d, axes=("heads", "kv", "embed"), rngs=rngs, dtype=dtype)
-        self.mlp = Mlp(d, int(d * cfg.mlp_ratio), rngs=rngs, dtype=dtype)
+        self.qkv = Dense(d, (3, h, dh), axes=("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype)
+        self.proj = Dense((h, dh), d, axes=("heads", "kv", "embed"), rngs=rngs, dtype=dtype)
+        mlp = SwiGLU if cfg.mlp_type == "swiglu" else Mlp
+        self.mlp = mlp(d, cfg.mlp_hidden, rngs=rngs, dtype=dtype)
         # adaLN-Zero: the modulation Linear starts at zero so every block is the identity.
-        self.ada = Dense(d, (6, d), axes=("embed", None, None), rngs=rngs, dtype=dtype,
+        self.ada = Dense(d, (4 if cfg.wo_shift else 6, d), axes=("embed", None, None), rngs=rngs, dtype=dtype,
                          kernel_init=nnx.initializers.zeros_init())
+        rms = cfg.norm_type == "rmsnorm"
+        self.norm1 = RMSNorm(d, eps=cfg.norm_eps, rngs=rngs) if rms else None
+        self.norm2 = RMSNorm(d, eps=cfg.mlp_norm_eps, rngs=rngs) if rms else None
+        self.q_norm = _qk_norm(cfg, rngs) if cfg.qk_norm else None
+        self.k_norm = _qk_norm(cfg, rngs) if cfg.qk_norm else None
 
     def __call__(self, x, c, t=None, y=None, drop_key=None):
+        cfg = self.cfg
         if self.cond is not None:
             c = self.cond(t, y, drop_key)
-        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
-        q, k, v = jnp.unstack(self.qkv(modulate(layer_norm(x, self.cfg.norm_eps), shift1, scale1)), axis=2)
+        mods = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
+        if cfg.wo_shift:
+            (scale1, gate1, scale2, gate2), shift1, shift2 = mods, None, None
+        else:
+            shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        q, k, v = jnp.unstack(self.qkv(modulate(_norm(self.norm1, x, cfg.norm_eps), shift1, scale1)), axis=2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cfg.rope == "2d":
+            angles = jnp.asarray(rope_angles(cfg))
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
         q, k, v = (constrain(a, ("batch", "length", "heads", "kv")) for a in (q, k, v))
-        o = attention(q, k, v, backend=self.cfg.attention_backend, **attention_kwargs(self.cfg))
+        o = attention(q, k, v, backend=cfg.attention_backend, **attention_kwargs(cfg))
         x = x + gate(self.proj(o), gate1)
-        x = x + gate(self.mlp(modulate(layer_norm(x, self.cfg.mlp_norm_eps), shift2, scale2)), gate2)
+        x = x + gate(self.mlp(modulate(_norm(self.norm2, x, cfg.mlp_norm_eps), shift2, scale2)), gate2)
         return constrain(x, ("batch", "length", "embed"))
 
 
@@ -210,7 +336,8 @@ def _make_block(cfg: DiTConfig, rngs: nnx.Rngs) -> nnx.Module:
 
 
 class FinalLayer(nnx.Module):
-    """adaLN (shift, scale) + Linear to p*p*C_out, both zero-initialised."""
+    """adaLN (shift, scale) + Linear to p*p*C_out, both zero-initialised; the norm is
+    affine-free LayerNorm or (norm_type="rmsnorm") RMSNorm with a learnable scale."""
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         d, dtype = cfg.hidden_size, jnp.dtype(cfg.dtype)
@@ -219,15 +346,17 @@ class FinalLayer(nnx.Module):
         self.ada = Dense(d, (2, d), axes=("embed", None, None), kernel_init=zeros, rngs=rngs, dtype=dtype)
         self.linear = Dense(d, cfg.patch_size ** 2 * cfg.out_channels, axes=("embed", "patch"),
                             kernel_init=zeros, rngs=rngs, dtype=dtype)
+        self.norm = RMSNorm(d, eps=cfg.norm_eps, rngs=rngs) if cfg.norm_type == "rmsnorm" else None
 
     def __call__(self, x, c):
         shift, scale = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
-        return self.linear(modulate(layer_norm(x, self.eps), shift, scale))
+        return self.linear(modulate(_norm(self.norm, x, self.eps), shift, scale))
 
 
 class DiT(nnx.Module):
     """Class-conditional DiT. `model(x, t, y)`: x (B, H, W, C), t (B,) timesteps in the
-    DiT convention (0..999, 0 = data), y (B,) int labels (num_classes = null) -> (B, H, W, C_out);
+    objective's model time (DiT: 0..999, 0 = data; LightningDiT: t in [0, 1], 1 = data, see
+    unigen/diffusion/flow.py), y (B,) int labels (num_classes = null) -> (B, H, W, C_out);
     with vector_dim > 0 also `z` (B, vector_dim), `model(x, t, y, z=z)`.
 
     `label_drop_key` turns on training-time label dropout (prob cfg.class_dropout_prob)."""
@@ -280,7 +409,9 @@ class DiT(nnx.Module):
         z = None if z is None else jnp.asarray(z)
         self._check_inputs(x, t, y, z)
         dtype = jnp.dtype(cfg.dtype)
-        h = self.x_embedder(patchify(x.astype(dtype), cfg.patch_size)) + self.pos_embed().astype(dtype)
+        h = self.x_embedder(patchify(x.astype(dtype), cfg.patch_size))
+        if cfg.pos_embed == "sincos":
+            h = h + self.pos_embed().astype(dtype)
         h = constrain(h, ("batch", "length", "embed"))
         c = None if self.cond is None else self.cond(t, y, label_drop_key, z)
         h = self._run_blocks(h, c, t, y, label_drop_key)
@@ -337,8 +468,10 @@ _RUN_META = {"kind", "name", "compat"}  # config.model entries that are not DiTC
 
 
 def from_run_config(cfg) -> DiTConfig:
-    """`config.model` (a size preset `name`, `compat`, and DiTConfig fields; None = the preset's
-    value) with the data set's size, channels and classes and the train compute dtype."""
+    """`config.model` (a size preset `name`: "DiT-S/2", ... or "LightningDiT-B/1", ... which also
+    turns LightningDiT's options on; `compat`; and DiTConfig fields, which override the preset;
+    None = the preset's value) with the data set's size, channels and classes and the train
+    compute dtype."""
     m, d, t = cfg.model, cfg.data, cfg.train
     fields = {k: v for k, v in m.items() if k not in _RUN_META and v is not None}
     known = {f.name for f in dataclasses.fields(DiTConfig)}

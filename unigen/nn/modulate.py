@@ -3,13 +3,15 @@
 import jax
 
 
-def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+def modulate(x: jax.Array, shift: jax.Array | None, scale: jax.Array) -> jax.Array:
     """x * (1 + scale) + shift, with per-sample (B, D) shift/scale broadcast over tokens.
 
-    Per-token (B, T, D) shift/scale are used as they are (DiT^DH's per-token adaLN)."""
-    if shift.ndim == x.ndim - 1:
-        shift, scale = shift[:, None], scale[:, None]
-    return x * (1 + scale) + shift
+    Per-token (B, T, D) shift/scale are used as they are (DiT^DH's per-token adaLN).
+    shift=None is the shift-free form x * (1 + scale) (LightningDiT's `wo_shift`)."""
+    if scale.ndim == x.ndim - 1:
+        scale = scale[:, None]
+        shift = None if shift is None else shift[:, None]
+    return x * (1 + scale) if shift is None else x * (1 + scale) + shift
 
 
 def gate(x: jax.Array, g: jax.Array) -> jax.Array:

@@ -1,7 +1,16 @@
-"""2-D rotary position embedding for image tokens (as in LightningDiT / EVA / Flux).
+"""2-D rotary position embedding for image tokens (as in LightningDiT / EVA-02 / Flux).
 
-Half of each head's channels rotate with the row index and half with the column index;
-pairs are adjacent channels (x[2i], x[2i+1]), the EVA-02 / LightningDiT convention.
+The convention is EVA-02's `VisionRotaryEmbeddingFast`, which LightningDiT uses with
+`dim = head_dim / 2`:
+  * frequencies  inv_i = theta^(-i / (head_dim / 4)),  i = 0 .. head_dim/4 - 1
+    (EVA writes 1 / theta^(arange(0, dim, 2) / dim) with dim = head_dim / 2: the same);
+  * the first half of each head's channels rotates with the row (h) index, the second half
+    with the column (w) index (tokens are row-major, as patchify lays them out);
+  * each frequency drives one pair of adjacent channels (x[2i], x[2i+1]) (EVA repeats every
+    frequency twice, `(n r), r=2`, and `rotate_half` pairs neighbours);
+  * positions are arange(n) / n * pt_seq_len (EVA's `ft_seq_len`/`pt_seq_len` rescaling for
+    a grid of n tokens trained at pt_seq_len). LightningDiT passes pt_seq_len = n, so the
+    positions are the integers 0 .. n-1 (the default here, pt_seq_len=None).
 """
 
 from __future__ import annotations
@@ -11,13 +20,23 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def rope_2d_freqs(head_dim: int, grid_h: int, grid_w: int, *, theta: float = 10000.0) -> np.ndarray:
-    """(grid_h*grid_w, head_dim//2) rotation angles for row-major tokens."""
+def rope_positions(n: int, pt_seq_len: int | None = None) -> np.ndarray:
+    """Positions of n tokens along one axis: integers, or EVA's arange(n) / n * pt_seq_len
+    (computed in float32 as the reference does)."""
+    if pt_seq_len is None:
+        return np.arange(n, dtype=np.float64)
+    return (np.arange(n, dtype=np.float32) / np.float32(n) * np.float32(pt_seq_len)).astype(np.float64)
+
+
+def rope_2d_freqs(head_dim: int, grid_h: int, grid_w: int, *, theta: float = 10000.0,
+                  pt_seq_len: int | None = None) -> np.ndarray:
+    """(grid_h*grid_w, head_dim//2) rotation angles for row-major tokens: pairs 0 .. head_dim/4-1
+    turn with the row, the next head_dim/4 pairs with the column."""
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
     quarter = head_dim // 4
     inv = 1.0 / theta ** (np.arange(quarter, dtype=np.float64) / quarter)
-    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    rows, cols = np.meshgrid(rope_positions(grid_h, pt_seq_len), rope_positions(grid_w, pt_seq_len), indexing="ij")
     ang_h = rows.reshape(-1, 1) * inv[None]
     ang_w = cols.reshape(-1, 1) * inv[None]
     return np.concatenate([ang_h, ang_w], axis=1).astype(np.float32)

@@ -5,8 +5,10 @@ Config (`config.task`): `conditions` maps each model condition to the batch entr
 it (default: DiT's `y` <- `label`; any other condition <- the entry of the same name).
 `config.diffusion` picks the objective: kind="gaussian" (DDPM/IDDPM: num_timesteps,
 beta_schedule, loss) or kind="flow" (rectified flow: time_sampling, loc, scale, shift,
-time_scale). Evaluation (digits only): the fixed protocol of `unigen.eval`, with the class
-accuracy when the model is class-conditional and label-free (FD, memorisation) otherwise.
+time_scale, and LightningDiT's direction_weight, time_convention, sample_shift or its
+`timestep_shift` = 1 / sample_shift; unigen/diffusion/flow.py). Evaluation (digits only): the
+fixed protocol of `unigen.eval`, with the class accuracy when the model is class-conditional and
+label-free (FD, memorisation) otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import numpy as np
 
 from unigen.diffusion import GaussianDiffusion, RectifiedFlow
+from unigen.diffusion.flow import sample_shift_from_timestep_shift
 from unigen.diffusion.objective import split_keys
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
@@ -35,8 +38,19 @@ def diffusion_process(dcfg, learn_sigma: bool):
                                             loss=dcfg.get("loss"))
         if learn_sigma:
             raise ValueError("config.model.learn_sigma=True: a rectified flow predicts a velocity: set False")
+        sample_shift, timestep_shift = dcfg.get("sample_shift"), dcfg.get("timestep_shift")
+        if sample_shift is not None and timestep_shift is not None:
+            raise ValueError(f"config.diffusion.timestep_shift={timestep_shift!r} and sample_shift={sample_shift!r}: "
+                             "give one (timestep_shift is LightningDiT's form of sample_shift = 1 / timestep_shift)")
+        if timestep_shift is not None:
+            try:
+                sample_shift = sample_shift_from_timestep_shift(timestep_shift)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"config.diffusion.{e}") from None
         return RectifiedFlow.create(dcfg.get("time_sampling", "logit_normal"), dcfg.get("loc", 0.0),
-                                    dcfg.get("scale", 1.0), dcfg.get("shift", 1.0), dcfg.get("time_scale", 1000.0))
+                                    dcfg.get("scale", 1.0), dcfg.get("shift", 1.0), dcfg.get("time_scale", 1000.0),
+                                    direction_weight=dcfg.get("direction_weight", 0.0),
+                                    time_convention=dcfg.get("time_convention", "sigma"), sample_shift=sample_shift)
     except ValueError as e:
         raise ValueError(str(e) if str(e).startswith("config.") else f"config.diffusion: {e}") from None
 
