@@ -16,7 +16,7 @@ import numpy as np
 from unigen.convert.registry import register_diffusers
 from unigen.convert.torch_layout import StateDict, fused_qkv, linear
 from unigen.convert.unigen_format import build_filled
-from unigen.convert.weights import read_folder_weights
+from unigen.convert.weights import read_config_fields, read_folder_weights
 from unigen.errors import ConfigError, WeightError
 from unigen.models.mmdit import MMDIT_KIND, MMDiT, MMDiTConfig, block_runs
 from unigen.nn.posemb import scaled_positions, sincos_2d_at
@@ -31,21 +31,9 @@ _FIELDS = {
 }
 
 
-def _value(config: dict, key: str):
-    kinds, default = _FIELDS[key]
-    value = config.get(key, default)
-    if not isinstance(value, kinds) or isinstance(value, bool):
-        raise WeightError(f"config.json field {key!r} = {value!r} has the wrong type")
-    return value
-
-
 def diffusers_config(config: dict, **overrides: Any) -> MMDiTConfig:
     """Map a diffusers `SD3Transformer2DModel` config.json onto MMDiTConfig."""
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in _FIELDS)
-    if unknown:
-        raise WeightError(f"config.json fields {unknown} are options unigen's MM-DiT does not have; "
-                          f"supported: {sorted(_FIELDS)}")
-    fields = {k: _value(config, k) for k in _FIELDS}
+    fields = read_config_fields(config, _FIELDS, "MM-DiT")
     if fields["qk_norm"] not in (None, "rms_norm"):
         raise WeightError(f"config.json field 'qk_norm' = {fields['qk_norm']!r}: only None and 'rms_norm' "
                           f"(SD3.5) are supported")

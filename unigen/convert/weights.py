@@ -16,6 +16,21 @@ from flax import nnx
 from unigen.errors import WeightError
 
 
+def read_config_fields(config: dict, fields: dict, model: str) -> dict:
+    """Each of `fields` (name -> (accepted types, the reference's default)) read from a diffusers
+    config.json dict with its type checked (a bool is accepted only where bool is the type);
+    fields unigen's `model` does not have are refused by name (WeightError)."""
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in fields)
+    if unknown:
+        raise WeightError(f"config.json fields {unknown} are options unigen's {model} does not have; "
+                          f"supported: {sorted(fields)}")
+    out = {}
+    for key, (kinds, default) in fields.items():
+        value = config.get(key, default)
+        if not isinstance(value, kinds) or isinstance(value, bool) != (kinds is bool):
+            raise WeightError(f"config.json field {key!r} = {value!r} has the wrong type")
+        out[key] = value
+    return out
 
 
 def read_weights(path: str) -> dict[str, np.ndarray]:

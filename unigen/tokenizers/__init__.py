@@ -1,0 +1,7 @@
+"""unigen.tokenizers: image autoencoders whose latents diffusion models work in (frozen parts that
+travel beside the trainable state). Importing it registers the "autoencoder_kl" model kind."""
+
+from unigen.tokenizers.autoencoder_kl import (AutoencoderKL, AutoencoderKLConfig, denormalize_latents,
+                                              normalize_latents)
+
+__all__ = ["AutoencoderKL", "AutoencoderKLConfig", "normalize_latents", "denormalize_latents"]
