@@ -9,10 +9,14 @@ scaled by 0.18215), AdamW lr 1e-4 constant, no weight decay, no warmup, no clipp
 dropout 0.1. Reported: FID-50K 2.27 at 7M steps with cfg 1.5 and 250 DDPM steps (guidance on
 the first 3 channels, as the official sampler).
 
-Needs: `imagenet2012` prepared for TFDS as array_record (see README), and the VAE latent
-encoder, which arrives with the tokenizers work: until then `data.latent_encoder` must be ''
-and the model trains in pixel space at `data.image_size` (a smoke test, not the paper).
-The test suite builds this config and runs one step with tiny overrides.
+Needs: `imagenet2012` prepared for TFDS as array_record (see README) and the SD VAE as a
+diffusers folder (`stabilityai/sd-vae-ft-ema` downloaded to `data.latent_encoder`, a path;
+a pipeline folder with `vae/` works too). The first run encodes the train split once into
+`data.latent_dir` ('' = `<TFDS data dir>/unigen_latents/imagenet2012-256px-<VAE fingerprint>`:
+1.28M posterior means and log-variances, 32x32x4 float32 each, ~42 GB, every process encoding
+its share), then trains on a fresh posterior sample per image and step; sample grids and
+`infer/sample.py` decode to 256x256 pixels. The test suite runs this config end to end (encode,
+2 steps, sample, decode) on a tiny generated imagenet2012 and a random-weight VAE folder.
 """
 
 import ml_collections
@@ -24,7 +28,8 @@ def get_config():
     c.init_from = ""
     c.imports = ()  # modules or .py files to import first (model kinds / tasks registered outside unigen)
     c.data = dict(name="imagenet2012", image_size=256, channels=3, num_classes=1000, data_dir="",
-                  latent_encoder="sd-vae-ft-ema", latent_channels=4, latent_downsample=8, latent_scale=0.18215)
+                  latent_encoder="sd-vae-ft-ema", latent_channels=4, latent_downsample=8, latent_scale=0.18215,
+                  latent_norm="vae", latent_dir="")
     # The DiT-XL/2 preset's values, spelled out so the command line can override them.
     c.model = dict(kind="dit", name="DiT-XL/2", compat="official", depth=28, hidden_size=1152, num_heads=16,
                    patch_size=2, class_dropout_prob=0.1, learn_sigma=True,

@@ -54,3 +54,16 @@ def test_latent_zoning_notebook_runs(tmp_path, monkeypatch):
     assert "predicted:" in text and "classification test accuracy" in text
     assert images >= 5  # zones, generation grid, reconstructions, anchor projection, class grid
     assert os.path.exists(tmp_path / "run" / "lzn_gen" / "samples_0000004.png")
+
+
+@pytest.mark.slow
+def test_latent_diffusion_notebook_runs(tmp_path, monkeypatch):
+    text, images = run_notebook("latent_diffusion.ipynb", tmp_path, monkeypatch, {
+        "UNIGEN_LD_QUICK": "1", "UNIGEN_LD_WORKDIR": str(tmp_path / "run")})
+    assert "PSNR" in text and "linear probe" in text                     # the VA-VAE tokenizer's evaluation
+    assert "latent store" in text and "channel 0: mean" in text          # the pre-encoded latents.json
+    assert "samples" in text and "memoriser" in text
+    assert "LightningDiT: class accuracy" in text and "FD" in text       # the LightningDiT evaluation
+    assert images >= 3  # loss parts, reconstructions, latent statistics, sample grid
+    assert os.path.exists(tmp_path / "run" / "lightningdit" / "samples_0000004.png")
+    assert os.path.exists(tmp_path / "run" / "latents" / "latents.json")

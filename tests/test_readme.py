@@ -23,6 +23,9 @@ _TINY_DECODER = ["--config.model.decoder.depth=1", "--config.model.decoder.hidde
                  "--config.model.decoder.num_heads=2"]
 QUICK_MODEL.update({"lzn_gen_digits.py": _TINY_LZN + _TINY_DECODER, "lzn_cls_digits.py": _TINY_LZN + _TINY_DECODER,
                     "lzn_repr_digits.py": _TINY_LZN})
+# The tokenizer aligned with the tiny LZN encoder above (tokens 16 wide).
+QUICK_MODEL["vavae_digits.py"] = ["--config.model.vf_dim=16", "--config.model.autoencoder.block_out_channels=(8, 16)",
+                                  "--config.model.autoencoder.norm_num_groups=4"]
 QUICK_DIT = ["--config.model.depth=1", "--config.model.hidden_size=32", "--config.model.num_heads=2"]
 
 
@@ -31,7 +34,7 @@ def quick_train(words) -> list[str]:
                   if w.startswith("--config") and not w.startswith("--config."))
     return QUICK_TRAIN + QUICK_MODEL.get(os.path.basename(config), QUICK_DIT)
 QUICK_SAMPLE = ["--steps", "2"]
-QUICK_BENCH = {"lzn_generation.py": ["--quick", "--no-progress"]}
+QUICK_BENCH = {"lzn_generation.py": ["--quick", "--no-progress"], "vavae_alignment.py": ["--quick", "--no-progress"]}
 
 
 def readme_commands() -> list[list[str]]:

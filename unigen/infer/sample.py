@@ -125,8 +125,9 @@ def _sample(args) -> int:
 
     batch_size = args.batch_size or (cfg.eval.batch_size if "eval" in cfg else 500)
 
-    def generate(cond, num, seed, label=None):
-        return gen((state,), cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
+    def generate(cond, num, seed, label=None):  # images: a latent model's samples decoded to pixels
+        samples = gen((state,), cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
+        return task.decode_samples(samples)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     png = args.out[:-4] + ".png"

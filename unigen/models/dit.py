@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from unigen.data.shapes import model_input_shape
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options
 from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder, VectorEmbedder
@@ -480,7 +481,8 @@ def from_run_config(cfg) -> DiTConfig:
             raise ValueError(f"config.model.{k}={fields[k]!r}: not a DiT field; known: {sorted(known)}")
     if "attention_options" in fields:
         fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
-    fields.update(input_size=d.image_size, in_channels=d.channels, num_classes=d.num_classes, dtype=t.compute_dtype)
+    side, channels = model_input_shape(d)  # pixels, or the tokenizer's latents
+    fields.update(input_size=side, in_channels=channels, num_classes=d.num_classes, dtype=t.compute_dtype)
     return dit_config(m.get("name", "DiT-S/2"), compat=m.get("compat", "official"), **fields)
 
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from unigen.data.shapes import model_input_shape
 from unigen.models.registry import Condition, ModelKind, register_model
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options, check_positive_ints
@@ -320,7 +321,8 @@ def from_run_config(cfg) -> MMDiTConfig:
         fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
     if "dual_attention_layers" in fields:
         fields["dual_attention_layers"] = tuple(fields["dual_attention_layers"])
-    fields.update(sample_size=d.image_size, in_channels=d.channels, out_channels=d.channels, dtype=t.compute_dtype)
+    side, channels = model_input_shape(d)  # pixels, or the tokenizer's latents
+    fields.update(sample_size=side, in_channels=channels, out_channels=channels, dtype=t.compute_dtype)
     return MMDiTConfig(**fields).validate()
 
 

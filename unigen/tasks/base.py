@@ -94,8 +94,12 @@ class Task:
         """(conditions, number of samples, rows) for a sample grid."""
         return {}, per_row * 4, 4
 
+    def decode_samples(self, samples: np.ndarray) -> np.ndarray:
+        """The generator's samples as images in [-1, 1] (a latent task decodes its latents)."""
+        return samples
+
     def evaluate(self, generate, workdir: str, model=None) -> dict | None:
-        """The final evaluation; `generate(cond, num, seed) -> numpy samples` (None when the
+        """The final evaluation; `generate(cond, num, seed) -> numpy images` (decoded; None when the
         task has no `process`), `model` the trained (EMA) module. None = no evaluation."""
         return None
 

@@ -9,6 +9,8 @@ time_scale, and LightningDiT's direction_weight, time_convention, sample_shift o
 `timestep_shift` = 1 / sample_shift; unigen/diffusion/flow.py). Evaluation (digits only): the
 fixed protocol of `unigen.eval`, with the class accuracy when the model is class-conditional and
 label-free (FD, memorisation) otherwise.
+With `config.data.latent_encoder` the task trains on a tokenizer's latents and decodes its
+samples to pixels (unigen/tasks/latent_space.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 
 from unigen.diffusion import GaussianDiffusion, RectifiedFlow
@@ -23,6 +26,7 @@ from unigen.diffusion.flow import sample_shift_from_timestep_shift
 from unigen.diffusion.objective import split_keys
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
+from unigen.tasks.latent_space import LatentSpace
 
 PROCESSES = ("gaussian", "flow")
 DEFAULT_BATCH_KEYS = {"y": "label"}
@@ -61,8 +65,10 @@ class DiffusionTask(Task):
         super().__init__(cfg, model_kind, model_cfg)
         d = cfg.data
         self.process = diffusion_process(cfg.diffusion, bool(getattr(model_cfg, "learn_sigma", False)))
-        self.sample_shape = (d.image_size, d.image_size, d.channels)
-        self.clip = True  # pixels in [-1, 1]
+        # Pixels in [-1, 1], or a tokenizer's latents (unigen/tasks/latent_space.py).
+        self.latents = LatentSpace(cfg) if d.get("latent_encoder") else None
+        self.sample_shape = self.latents.shape if self.latents else (d.image_size, d.image_size, d.channels)
+        self.clip = self.latents is None
         given = dict((cfg.get("task") or {}).get("conditions") or {})
         self.batch_keys = {name: given.get(name, DEFAULT_BATCH_KEYS.get(name, name)) for name in self.conditions}
 
@@ -74,18 +80,31 @@ class DiffusionTask(Task):
     def dataset(self, split, *, batch_size, seed, shard, shards):
         from unigen.data.pipeline import make_dataset
         d = self.cfg.data
+        if self.latents is not None:
+            return self.latents.dataset(split, batch_size=batch_size, seed=seed, shard=shard, shards=shards)
         return make_dataset(d.name, split, batch_size=batch_size, image_size=d.image_size, seed=seed,
                             process_index=shard, process_count=shards, data_dir=d.data_dir or None)
 
-    def model_inputs(self, batch: dict) -> tuple:
-        missing = [key for key in ["image", *self.batch_keys.values()] if key not in batch]
+    def clean_data(self, batch: dict, rng) -> jax.Array:
+        """x0 of the objective: the batch's images, or a normalised posterior sample of its latents
+        (drawn from the per-example keys `rng` on a stream of its own: pixel runs draw nothing)."""
+        if self.latents is not None:
+            return self.latents.clean_sample(batch, rng)
+        return batch["image"]
+
+    def decode_samples(self, samples: np.ndarray) -> np.ndarray:
+        return samples if self.latents is None else self.latents.decode(samples)
+
+    def model_inputs(self, batch: dict, rng=None) -> tuple:
+        data_keys = ["latent_mean", "latent_logvar"] if self.latents is not None else ["image"]
+        missing = [key for key in [*data_keys, *self.batch_keys.values()] if key not in batch]
         if missing:
             raise ConfigError(f"config.task: the {self.name!r} batch has no {missing} (it has {sorted(batch)}); "
                               f"map the model's conditions to batch entries with config.task.conditions")
-        return batch["image"], {name: batch[key] for name, key in self.batch_keys.items()}
+        return self.clean_data(batch, rng), {name: batch[key] for name, key in self.batch_keys.items()}
 
     def loss(self, model, batch, rng, frozen):
-        x0, cond = self.model_inputs(batch)
+        x0, cond = self.model_inputs(batch, rng)
         k_drop, k_loss = split_keys(rng)
         cond = self.drop_conditions(cond, k_drop)
         losses = self.process.losses(model, x0, k_loss, **cond)

@@ -116,6 +116,9 @@ def _check_model(cfg, model_kind, model_cfg, *, decoder: bool | None, labels: bo
     if model_kind.name != "lzn":
         raise ConfigError(f"config.task.name={name!r} trains an LZN: set config.model.kind='lzn' "
                           f"(got {model_kind.name!r})")
+    if cfg.data.get("latent_encoder"):
+        raise ConfigError(f"config.data.latent_encoder={cfg.data.latent_encoder!r}: the LZN tasks train on pixels "
+                          f"(their encoder reads images); set ''")
     if decoder is True and model_cfg.decoder is None:
         raise ConfigError(f"config.model.decoder is empty: task {name!r} trains a decoder (give a DiT preset)")
     if labels and not model_cfg.num_classes:

@@ -82,7 +82,7 @@ class TextToImageTask(DiffusionTask):
         return {"tokens": jnp.asarray(self.tokens), "pooled": jnp.asarray(self.pooled)}
 
     def loss(self, model, batch, rng, frozen):
-        x0, labels = batch["image"], batch["label"]
+        x0, labels = self.clean_data(batch, rng), batch["label"]
         k_caption, k_drop, k_loss = split_keys(rng, 3)
         train_ids = jnp.asarray(self.captions.train_ids)
         pick = per_example(k_caption, labels.shape[0], lambda k: jax.random.randint(k, (), 0, train_ids.shape[1]))

@@ -5,3 +5,6 @@ from unigen.tokenizers.autoencoder_kl import (AutoencoderKL, AutoencoderKLConfig
                                               normalize_latents)
 
 __all__ = ["AutoencoderKL", "AutoencoderKLConfig", "normalize_latents", "denormalize_latents"]
+from unigen.tokenizers.vavae import VAVAE, VAVAEConfig  # noqa: E402  (registers "vavae")
+
+__all__ += ["VAVAE", "VAVAEConfig"]

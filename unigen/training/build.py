@@ -89,8 +89,8 @@ def validate(cfg, num_devices: int | None = None) -> Run:
     """Check every field; returns the Run the config builds."""
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "use a non-negative int")
     d, t, s = cfg.data, cfg.train, cfg.sample
-    _need(not d.get("latent_encoder"), "data.latent_encoder", d.get("latent_encoder"),
-          "latent (VAE) training arrives with the tokenizers work; set '' to train in pixel space")
+    _need(isinstance(d.get("latent_encoder") or "", str), "data.latent_encoder", d.get("latent_encoder"),
+          "give a tokenizer path unigen.from_pretrained reads, or '' to train in pixel space")
     _need(d.image_size in (8, 16, 32, 64, 128, 256, 512), "data.image_size", d.image_size,
           "use a power of two between 8 and 512")
     _need(d.channels in (1, 3, 4), "data.channels", d.channels, "use 1 (grey), 3 (RGB) or 4 (latents)")
@@ -120,6 +120,9 @@ def validate(cfg, num_devices: int | None = None) -> Run:
         _need(micro % num_devices == 0 or num_devices == 1, "train.batch_size", t.batch_size,
               f"each micro-batch ({micro}) must split evenly over the {num_devices} devices")
     run = build(cfg)
+    _need(not d.get("latent_encoder") or getattr(run.task, "latents", None) is not None, "data.latent_encoder",
+          d.get("latent_encoder"), f"task {run.task.name!r} trains on pixels only; set '' (the diffusion and "
+          f"text_to_image tasks train on latents)")
     if t.get("frozen"):
         try:
             split_model(nnx.eval_shape(lambda: run.model_kind.build(run.model_cfg)), tuple(t.frozen))

@@ -40,7 +40,7 @@ from unigen.training.step import make_train_step
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                     "train.keep_checkpoints", "train.lr", "train.grad_clip", "train.warmup_steps",
                     "train.lr_schedule", "train.weight_decay", "train.lr_multipliers", "train.b1", "train.b2",
-                    "train.ema_decay", "sample", "eval", "mesh", "data.data_dir", "model.scan_layers",
+                    "train.ema_decay", "sample", "eval", "mesh", "data.data_dir", "data.latent_dir", "model.scan_layers",
                     "model.remat", "model.attention_backend", "imports", "train.cpu_custom_vjps",
                     "train.async_checkpointing")
 # Fields added after work dirs were first written, with the value an older run had.
@@ -212,7 +212,7 @@ def _generator(cfg, task, graphdef, mesh, rules):
 
 def _evaluate(cfg, task, generator, graphdef, state, frozen, workdir, step):
     states = _model_states(state, frozen)
-    generate = None if generator is None else _generate_fn(generator, states, cfg.eval.batch_size)
+    generate = None if generator is None else _generate_fn(generator, states, cfg.eval.batch_size, task)
     if "model" in inspect.signature(task.evaluate).parameters:
         rows = task.evaluate(generate, workdir, model=nnx.merge(graphdef, *states))
     else:  # a task written before evaluate took the model
@@ -246,10 +246,12 @@ def _model_states(state, frozen):
     return (state.ema, state.mutable, frozen["model"])
 
 
-def _generate_fn(generator, states, batch_size):
-    """`generate(cond, num, seed, label=None) -> numpy samples`, the form tasks evaluate with."""
+def _generate_fn(generator, states, batch_size, task):
+    """`generate(cond, num, seed, label=None) -> numpy images`, the form tasks evaluate with
+    (a latent task's samples decoded to pixels)."""
     def generate(cond, num, seed, label=None):
-        return generator(states, cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
+        samples = generator(states, cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
+        return task.decode_samples(samples)
     return generate
 
 
@@ -260,5 +262,5 @@ def _progress(start, total, enabled):
 
 def _sample_grid(cfg, task, generator, states, path, main_process):
     cond, num, rows = task.grid(cfg.sample.per_class)
-    images = generator(states, cond, jax.random.PRNGKey(cfg.seed + 1), num=num, batch_size=num)
+    images = task.decode_samples(generator(states, cond, jax.random.PRNGKey(cfg.seed + 1), num=num, batch_size=num))
     return save_grid(path, images, rows=rows) if main_process else None

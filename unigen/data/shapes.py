@@ -1,0 +1,22 @@
+"""What a model sees of the data: pixels, or a tokenizer's latents (config.data.latent_encoder).
+
+Pure config arithmetic (no imports), so model kinds can size their inputs without loading the
+tokenizer: `data.latent_downsample` and `data.latent_channels` state the tokenizer's shape in
+the config, and the latent task checks them against the tokenizer itself
+(unigen/tasks/latent_space.py).
+"""
+
+
+def model_input_shape(data) -> tuple[int, int]:
+    """(side, channels) of the model's input for a run's `config.data`."""
+    if getattr(data, "latent_encoder", ""):
+        down, channels = getattr(data, "latent_downsample", None), getattr(data, "latent_channels", None)
+        for field, value in (("latent_downsample", down), ("latent_channels", channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"config.data.{field}={value!r}: with a latent_encoder, state the tokenizer's "
+                                 f"{field.split('_')[1]} as a positive int (e.g. 8 and 4 for sd-vae-ft-ema)")
+        if data.image_size % down:
+            raise ValueError(f"config.data.image_size={data.image_size}: not divisible by "
+                             f"config.data.latent_downsample={down}")
+        return data.image_size // down, channels
+    return data.image_size, data.channels
