@@ -51,7 +51,7 @@ def encode_dataset(codec, name: str, split: str, *, image_size: int, out_dir: st
     source = data_source(name, split, data_dir)
     shape = codec.latent_shape(image_size)
     per = -(-len(source) // process_count)
-    lo, hi = process_index * per, min(len(source), (process_index + 1) * per)
+    lo, hi = min(len(source), process_index * per), min(len(source), (process_index + 1) * per)  # may be empty
     os.makedirs(out_dir, exist_ok=True)
     stem = _partial_path(out_dir, split, process_index, process_count)
     preprocess = Preprocess(image_size)
