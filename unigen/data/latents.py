@@ -130,8 +130,9 @@ def read_meta(store: str) -> dict | None:
         return json.load(f)
 
 
-def check_store(meta: dict, store: str, codec, *, name: str, split: str, image_size: int) -> None:
-    """DataError unless `store` holds `split` of `name` at `image_size`, written by `codec`."""
+def check_store(meta: dict, store: str, codec, *, name: str, split: str | None, image_size: int) -> None:
+    """DataError unless `store` holds `split` of `name` at `image_size`, written by `codec`
+    (split=None: any splits, e.g. before encoding a new one into it)."""
     def need(ok, what, fix):
         if not ok:
             raise DataError(f"latent store {store}: {what}; {fix}")
@@ -147,7 +148,7 @@ def check_store(meta: dict, store: str, codec, *, name: str, split: str, image_s
          "set config.data.latent_dir to another folder")
     need(meta.get("image_size") == image_size, f"encoded at {meta.get('image_size')}px, not {image_size}px",
          "set config.data.latent_dir to another folder")
-    need(split in meta.get("splits", {}), f"has no split {split!r} (it has {sorted(meta.get('splits', {}))})",
+    need(split is None or split in meta.get("splits", {}), f"has no split {split!r} (it has {sorted(meta.get('splits', {}))})",
          "it is encoded on first use; remove latents.json to redo the whole store")
 
 

@@ -59,8 +59,7 @@ class LatentSpace:
         meta = read_meta(self.store)
         if meta is not None:  # an existing store must be this encoder's: refused now, before compiling
             try:
-                check_store(dict(meta, splits={"any": {}}), self.store, self.codec, name=self.name, split="any",
-                            image_size=self.image_size)
+                check_store(meta, self.store, self.codec, name=self.name, split=None, image_size=self.image_size)
             except DataError as e:
                 raise ConfigError(f"config.data.latent_dir={d.get('latent_dir', '')!r}: {e}") from None
 
@@ -71,8 +70,7 @@ class LatentSpace:
         meta = read_meta(self.store)
         if meta is None or split not in meta.get("splits", {}):
             if meta is not None:  # the split is missing: the rest must still be this encoder's
-                check_store(dict(meta, splits={split: {}}), self.store, self.codec, name=self.name, split=split,
-                            image_size=self.image_size)
+                check_store(meta, self.store, self.codec, name=self.name, split=None, image_size=self.image_size)
             print(f"encoding {self.name}/{split} with {self.codec.source} into {self.store} (once)", flush=True)
             encode_dataset(self.codec, self.name, split, image_size=self.image_size, out_dir=self.store,
                            data_dir=self.data_dir, process_index=jax.process_index(),
