@@ -19,6 +19,14 @@ Timestep sampling: "uniform" sigma ~ U(0, 1) or "logit_normal" sigma = sigmoid(N
 location of logit(sigma): LightningDiT's `use_lognorm` draws t = sigmoid(N(0, 1)), the same
 distribution (symmetric); a t-location mu would be loc = -mu.
 
+RAE's dimension-dependent shift (bytetriper/RAE src/train.py and stage2/transport/): s =
+sqrt(dim / base) with dim = H*W*C of the diffusion's input (16*16*768 DINOv2-B latents, base 4096:
+s = 6.93), applied to the training t and to the sampling grid as t' = s t / (1 + (s - 1) t). Its t
+is unigen's sigma (t = 0 data, t = 1 noise, x_t = (1 - t) x + t eps, the model fed t), so that is
+`shift` here, exactly; `dimension_shift(shape, base)` computes it (config.diffusion.shift_base_dim,
+unigen/tasks/diffusion.py). RAE asserts s >= 1; unigen takes any s > 0: an input smaller than the
+base dimension gives s < 1, which moves the noise levels towards the data instead.
+
 `shift` applies to training and to the sampling grid; `sample_shift` (None = `shift`) overrides
 it for sampling only. LightningDiT shifts only its sampling grid, by `timestep_shift` s_L on its
 t grid: t' = s_L t / (1 + (s_L - 1) t). In sigma = 1 - t that is SD3's shift with s = 1 / s_L
@@ -48,6 +56,18 @@ COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default
 def shift_sigma(sigma, shift: float):
     """SD3's resolution-dependent shift; shift = 1 is the identity."""
     return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def dimension_shift(shape, base_dim: float) -> float:
+    """RAE's dimension-dependent shift sqrt(prod(shape) / base_dim) for a diffusion input of `shape`
+    (e.g. (H, W, C) of the latents): SD3's `shift` of the sigma convention. Any result > 0 (module doc)."""
+    if isinstance(base_dim, bool) or not isinstance(base_dim, (int, float)) or not (np.isfinite(base_dim)
+                                                                                  and base_dim > 0):
+        raise ValueError(f"shift_base_dim={base_dim!r} must be a number > 0 (RAE: 4096)")
+    dims = tuple(int(d) for d in shape)
+    if not dims or min(dims) < 1:
+        raise ValueError(f"the input shape {tuple(shape)} must be non-empty with positive sizes")
+    return float(np.sqrt(np.prod(dims, dtype=np.float64) / float(base_dim)))
 
 
 def sample_shift_from_timestep_shift(timestep_shift: float) -> float:

@@ -3,8 +3,10 @@ registered by kind (`unigen.models.registry`)."""
 
 from unigen.models.registry import Condition, ModelKind, get_model_kind, kind_of, model_kinds, register_model
 from unigen.models.dit import DiT, DiTConfig, dit_config, lightningdit_config  # registers "dit"
+from unigen.models.ddt import DiTDH, DiTDHConfig, ditdh_config  # registers "ditdh"
 from unigen.models.mmdit import MMDiT, MMDiTConfig  # registers "mmdit"
 from unigen.models.lzn import LZN, LZNConfig  # registers "lzn"
 
 __all__ = ["Condition", "ModelKind", "get_model_kind", "kind_of", "model_kinds", "register_model",
-           "DiT", "DiTConfig", "dit_config", "lightningdit_config", "MMDiT", "MMDiTConfig", "LZN", "LZNConfig"]
+           "DiT", "DiTConfig", "dit_config", "lightningdit_config", "DiTDH", "DiTDHConfig",
+           "ditdh_config", "MMDiT", "MMDiTConfig", "LZN", "LZNConfig"]

@@ -286,7 +286,8 @@ class Conditioning(nnx.Module):
 class DiTBlock(nnx.Module):
     """adaLN-Zero block: x += g1 * Attn(mod(N(x))); x += g2 * MLP(mod(N(x))), with the
     LightningDiT options (module docstring): N LayerNorm or RMSNorm, qk-norm, 2-D RoPE,
-    GELU or SwiGLU MLP, adaLN with or without shifts."""
+    GELU or SwiGLU MLP, adaLN with or without shifts. The condition c is one vector per
+    sample (B, D), or one per token (B, T, D): DiT^DH's head (unigen/models/ddt.py)."""
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         d, h, dh = cfg.hidden_size, cfg.num_heads, cfg.head_dim
@@ -310,7 +311,7 @@ class DiTBlock(nnx.Module):
         cfg = self.cfg
         if self.cond is not None:
             c = self.cond(t, y, drop_key)
-        mods = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
+        mods = jnp.unstack(self.ada(jax.nn.silu(c)), axis=-2)  # c (B, D) or per token (B, T, D)
         if cfg.wo_shift:
             (scale1, gate1, scale2, gate2), shift1, shift2 = mods, None, None
         else:
@@ -336,9 +337,40 @@ def _make_block(cfg: DiTConfig, rngs: nnx.Rngs) -> nnx.Module:
     return DiTBlock(cfg, rngs=rngs)
 
 
+def make_stack(make, depth: int, rngs: nnx.Rngs, *, scan: bool) -> nnx.Module:
+    """`depth` blocks `make(rngs)`: an nnx.List, or (scan=True) one block whose parameters are
+    stacked on a leading "layers" axis (built with nnx.vmap), for `run_stack`."""
+    if scan:
+        @nnx.split_rngs(splits=depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(rngs):
+            return make(rngs)
+        return make_blocks(rngs)
+    return nnx.List([make(rngs) for _ in range(depth)])
+
+
+def run_stack(blocks: nnx.Module, h, fn, *, scan: bool, remat: bool):
+    """h through a `make_stack` stack: h = fn(block, h) per block, in a Python loop or (scan=True)
+    with `lax.scan` over the stacked parameters; remat=True rematerialises each block."""
+    if remat:
+        fn = nnx.remat(fn)
+    if not scan:
+        for block in blocks:
+            h = fn(block, h)
+        return h
+    graphdef, state = nnx.split(blocks)
+
+    def body(h, block_state):
+        return fn(nnx.merge(graphdef, block_state), h), None
+
+    h, _ = jax.lax.scan(body, h, state)
+    return h
+
+
 class FinalLayer(nnx.Module):
     """adaLN (shift, scale) + Linear to p*p*C_out, both zero-initialised; the norm is
-    affine-free LayerNorm or (norm_type="rmsnorm") RMSNorm with a learnable scale."""
+    affine-free LayerNorm or (norm_type="rmsnorm") RMSNorm with a learnable scale; c is
+    (B, D) or per token (B, T, D)."""
 
     def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
         d, dtype = cfg.hidden_size, jnp.dtype(cfg.dtype)
@@ -350,7 +382,7 @@ class FinalLayer(nnx.Module):
         self.norm = RMSNorm(d, eps=cfg.norm_eps, rngs=rngs) if cfg.norm_type == "rmsnorm" else None
 
     def __call__(self, x, c):
-        shift, scale = jnp.unstack(self.ada(jax.nn.silu(c)), axis=1)
+        shift, scale = jnp.unstack(self.ada(jax.nn.silu(c)), axis=-2)
         return self.linear(modulate(_norm(self.norm, x, self.eps), shift, scale))
 
 
@@ -371,14 +403,7 @@ class DiT(nnx.Module):
         # flattened (C*p*p, D) view as the reference initialises it.
         self.x_embedder = Dense(patch_dim, cfg.hidden_size, axes=("patch", "embed"), rngs=rngs, dtype=dtype)
         self.cond = None if cfg.per_block_conditioning else Conditioning(cfg, rngs=rngs)
-        if cfg.scan_layers:
-            @nnx.split_rngs(splits=cfg.depth)
-            @nnx.vmap(in_axes=(0,), out_axes=0)
-            def make_blocks(rngs):
-                return _make_block(cfg, rngs)
-            self.blocks = make_blocks(rngs)
-        else:
-            self.blocks = nnx.List([_make_block(cfg, rngs) for _ in range(cfg.depth)])
+        self.blocks = make_stack(lambda r: _make_block(cfg, r), cfg.depth, rngs, scan=cfg.scan_layers)
         self.final_layer = FinalLayer(cfg, rngs=rngs)
 
     def pos_embed(self) -> jax.Array:
@@ -435,19 +460,7 @@ class DiT(nnx.Module):
             if self.cfg.block_type == "sana":
                 return block(h, c, grid)
             return block(h, c, t, y, drop_key)
-        if self.cfg.remat:
-            run = nnx.remat(run)
-        if not self.cfg.scan_layers:
-            for block in self.blocks:
-                h = run(block, h)
-            return h
-        graphdef, state = nnx.split(self.blocks)
-
-        def body(h, block_state):
-            return run(nnx.merge(graphdef, block_state), h), None
-
-        h, _ = jax.lax.scan(body, h, state)
-        return h
+        return run_stack(self.blocks, h, run, scan=self.cfg.scan_layers, remat=self.cfg.remat)
 
     def forward_with_cfg(self, x, t, y, cfg_scale: float, *, guided_channels: int | None = None):
         """Official DiT `forward_with_cfg`: the batch is [cond; uncond] halves with the same

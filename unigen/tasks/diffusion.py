@@ -6,7 +6,9 @@ it (default: DiT's `y` <- `label`; any other condition <- the entry of the same 
 `config.diffusion` picks the objective: kind="gaussian" (DDPM/IDDPM: num_timesteps,
 beta_schedule, loss) or kind="flow" (rectified flow: time_sampling, loc, scale, shift,
 time_scale, and LightningDiT's direction_weight, time_convention, sample_shift or its
-`timestep_shift` = 1 / sample_shift; unigen/diffusion/flow.py). Evaluation (digits only): the
+`timestep_shift` = 1 / sample_shift; RAE's `shift_base_dim`: shift = sqrt(H*W*C / shift_base_dim)
+of the model input, None = off; unigen/diffusion/flow.py). The resolved objective is
+`task.process` (its `shift` the shift in use). Evaluation (digits only): the
 fixed protocol of `unigen.eval`, with the class accuracy when the model is class-conditional and
 label-free (FD, memorisation) otherwise.
 With `config.data.latent_encoder` the task trains on a tokenizer's latents and decodes its
@@ -21,8 +23,9 @@ import os
 import jax
 import numpy as np
 
+from unigen.data.shapes import model_input_shape
 from unigen.diffusion import GaussianDiffusion, RectifiedFlow
-from unigen.diffusion.flow import sample_shift_from_timestep_shift
+from unigen.diffusion.flow import dimension_shift, sample_shift_from_timestep_shift
 from unigen.diffusion.objective import split_keys
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
@@ -32,11 +35,17 @@ PROCESSES = ("gaussian", "flow")
 DEFAULT_BATCH_KEYS = {"y": "label"}
 
 
-def diffusion_process(dcfg, learn_sigma: bool):
-    """The objective `config.diffusion` describes (ValueError naming the field if bad)."""
+def diffusion_process(dcfg, learn_sigma: bool, input_shape: tuple[int, ...] | None = None):
+    """The objective `config.diffusion` describes (ValueError naming the field if bad). `input_shape`
+    is one model input's shape (H, W, C), which `shift_base_dim` needs: the flow's `shift` is then
+    sqrt(H*W*C / shift_base_dim) (RAE), readable as the returned process's `.shift`."""
     if dcfg.kind not in PROCESSES:
         raise ValueError(f"config.diffusion.kind={dcfg.kind!r}: use one of {PROCESSES}")
+    base_dim = dcfg.get("shift_base_dim")
     try:
+        if base_dim is not None and dcfg.kind != "flow":
+            raise ValueError(f"config.diffusion.shift_base_dim={base_dim!r}: a rectified-flow option "
+                             f"(kind='flow'); set None for kind={dcfg.kind!r}")
         if dcfg.kind == "gaussian":
             return GaussianDiffusion.create(dcfg.num_timesteps, dcfg.beta_schedule, learn_sigma=learn_sigma,
                                             loss=dcfg.get("loss"))
@@ -51,8 +60,22 @@ def diffusion_process(dcfg, learn_sigma: bool):
                 sample_shift = sample_shift_from_timestep_shift(timestep_shift)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"config.diffusion.{e}") from None
+        shift = dcfg.get("shift", 1.0)
+        if base_dim is not None:
+            if shift != 1.0:
+                raise ValueError(f"config.diffusion.shift={shift!r} and shift_base_dim={base_dim!r}: give one "
+                                 "(shift_base_dim sets shift = sqrt(H*W*C / shift_base_dim) from the model input); "
+                                 "set shift=1.0 or shift_base_dim=None")
+            if input_shape is None:
+                raise ValueError(f"config.diffusion.shift_base_dim={base_dim!r}: needs the model input's shape "
+                                 "(diffusion_process(..., input_shape=(H, W, C)))")
+            try:
+                shift = dimension_shift(input_shape, base_dim)
+            except ValueError as e:
+                raise ValueError(f"config.diffusion.{e}" if str(e).startswith("shift_base_dim")
+                                 else f"config.diffusion: {e}") from None
         return RectifiedFlow.create(dcfg.get("time_sampling", "logit_normal"), dcfg.get("loc", 0.0),
-                                    dcfg.get("scale", 1.0), dcfg.get("shift", 1.0), dcfg.get("time_scale", 1000.0),
+                                    dcfg.get("scale", 1.0), shift, dcfg.get("time_scale", 1000.0),
                                     direction_weight=dcfg.get("direction_weight", 0.0),
                                     time_convention=dcfg.get("time_convention", "sigma"), sample_shift=sample_shift)
     except ValueError as e:
@@ -64,7 +87,9 @@ class DiffusionTask(Task):
     def __init__(self, cfg, model_kind, model_cfg):
         super().__init__(cfg, model_kind, model_cfg)
         d = cfg.data
-        self.process = diffusion_process(cfg.diffusion, bool(getattr(model_cfg, "learn_sigma", False)))
+        side, channels = model_input_shape(d)  # what the model is sized for (shift_base_dim reads it)
+        self.process = diffusion_process(cfg.diffusion, bool(getattr(model_cfg, "learn_sigma", False)),
+                                         input_shape=(side, side, channels))
         # Pixels in [-1, 1], or a tokenizer's latents (unigen/tasks/latent_space.py).
         self.latents = LatentSpace(cfg) if d.get("latent_encoder") else None
         self.sample_shape = self.latents.shape if self.latents else (d.image_size, d.image_size, d.channels)
