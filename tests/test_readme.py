@@ -27,6 +27,12 @@ QUICK_MODEL.update({"lzn_gen_digits.py": _TINY_LZN + _TINY_DECODER, "lzn_cls_dig
 QUICK_MODEL["vavae_digits.py"] = ["--config.model.vf_dim=16", "--config.model.autoencoder.block_out_channels=(8, 16)",
                                   "--config.model.autoencoder.norm_num_groups=4"]
 QUICK_DIT = ["--config.model.depth=1", "--config.model.hidden_size=32", "--config.model.num_heads=2"]
+# The RAE on the tiny LZN encoder above (its model.encoder must describe that encoder), and a DiT^DH
+# on its 4x4x16 latents.
+QUICK_MODEL["rae_digits.py"] = _TINY_LZN + ["--config.model.decoder_hidden_size=32", "--config.model.decoder_num_layers=1",
+                                            "--config.model.decoder_intermediate_size=64", "--config.rae.stats_images=200"]
+QUICK_MODEL["ditdh_digits.py"] = QUICK_DIT + ["--config.model.head_depth=1", "--config.model.head_hidden_size=32",
+                                              "--config.model.head_num_heads=2", "--config.data.latent_channels=16"]
 
 
 def quick_train(words) -> list[str]:

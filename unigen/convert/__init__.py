@@ -6,6 +6,7 @@ from unigen.convert import mmdit  # noqa: F401  (registers the diffusers SD3Tran
 from unigen.convert import bert  # noqa: F401  (registers transformers BERT and sentence-transformers folders)
 from unigen.convert import autoencoder_kl  # noqa: F401  (registers the diffusers AutoencoderKL loader)
 from unigen.convert import dinov2  # noqa: F401  (registers transformers Dinov2Model / Dinov2WithRegistersModel)
+from unigen.convert import rae  # noqa: F401  (registers the diffusers AutoencoderRAE loader)
 from unigen.convert.registry import register_diffusers, register_file, register_folder, register_transformers
 from unigen.convert.unigen_format import load_pretrained, save_pretrained
 from unigen.convert.weights import WeightError, fill_module, read_weights

@@ -4,6 +4,10 @@
     ds = latent_dataset(store, "train", batch_size=256, seed=0)
     batch = next(iter(ds))   # {"latent_mean", "latent_logvar": (B, h, w, C) float32, "label": (B,) int32}
 
+A deterministic tokenizer (an RAE, `codec.deterministic`) has no posterior: its records hold the
+latent alone, `latents.json` says `"posterior": "deterministic"`, and batches have no
+"latent_logvar".
+
 Why moments and not samples: DiT (and LDM) train on a fresh posterior sample z = mean +
 exp(logvar / 2) eps of each image every step; storing (mean, logvar) keeps that exactly, and
 the task draws eps inside the compiled step (unigen/tasks/latent_space.py).
@@ -70,14 +74,19 @@ def encode_dataset(codec, name: str, split: str, *, image_size: int, out_dir: st
             if len(idx) < batch_size:  # one compiled shape: pad with copies of the first image
                 images = np.concatenate([images, np.repeat(images[:1], batch_size - len(idx), axis=0)])
             mean, logvar = codec.encode(images)
-            mean, logvar = mean[:len(idx)], logvar[:len(idx)]
+            mean = mean[:len(idx)]
             if mean.shape[1:] != shape:
                 raise DataError(f"the tokenizer encoded {image_size}px images to {mean.shape[1:]}, expected {shape}")
+            second = np.square(mean)
+            if logvar is not None:
+                logvar = logvar[:len(idx)]
+                second = second + np.exp(logvar)
             sums[0] += mean.size // shape[-1]
             sums[1] += mean.reshape(-1, shape[-1]).sum(0)
-            sums[2] += (np.square(mean) + np.exp(logvar)).reshape(-1, shape[-1]).sum(0)
-            for m, lv, r in zip(mean, logvar, records):
-                writer.write(m.tobytes() + lv.tobytes() + np.int64(r["label"]).tobytes())
+            sums[2] += second.reshape(-1, shape[-1]).sum(0)
+            for i, r in enumerate(records):
+                moments = mean[i].tobytes() + (b"" if logvar is None else logvar[i].tobytes())
+                writer.write(moments + np.int64(r["label"]).tobytes())
             bar.update(len(idx))
     finally:
         writer.close()
@@ -111,8 +120,9 @@ def _merge(codec, name, split, image_size, shape, out_dir, count) -> dict:
     meta_path = os.path.join(out_dir, META_FILE)
     meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
     meta.update(format_version=FORMAT_VERSION, dataset=name, image_size=int(image_size), latent_shape=list(shape),
-                dtype="float32", encoder=dict(source=codec.source, fingerprint=codec.fingerprint,
-                                              scaling_factor=codec.scaling_factor, shift_factor=codec.shift_factor))
+                dtype="float32", posterior="deterministic" if codec.deterministic else "gaussian",
+                encoder=dict(source=codec.source, fingerprint=codec.fingerprint, scaling_factor=codec.scaling_factor,
+                             shift_factor=codec.shift_factor))
     meta.setdefault("splits", {})[split] = dict(records=int(total), files=count, channel_mean=mean.tolist(),
                                                 channel_std=std.tolist())
     tmp = meta_path + ".tmp"
@@ -154,15 +164,19 @@ def check_store(meta: dict, store: str, codec, *, name: str, split: str | None, 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeLatent:
-    """Picklable record -> {"latent_mean", "latent_logvar", "label"} for grain."""
+    """Picklable record -> {"latent_mean", "latent_logvar" (gaussian only), "label"} for grain."""
     shape: tuple[int, int, int]
+    deterministic: bool = False
 
     def __call__(self, record: bytes) -> dict:
         n = int(np.prod(self.shape))
-        values = np.frombuffer(record, np.float32, count=2 * n)
-        label = np.frombuffer(record, np.int64, count=1, offset=8 * n)[0]
-        return {"latent_mean": values[:n].reshape(self.shape), "latent_logvar": values[n:].reshape(self.shape),
-                "label": np.int32(label)}
+        moments = 1 if self.deterministic else 2
+        values = np.frombuffer(record, np.float32, count=moments * n)
+        label = np.frombuffer(record, np.int64, count=1, offset=4 * moments * n)[0]
+        out = {"latent_mean": values[:n].reshape(self.shape), "label": np.int32(label)}
+        if not self.deterministic:
+            out["latent_logvar"] = values[n:].reshape(self.shape)
+        return out
 
 
 def latent_dataset(store: str, split: str, *, batch_size: int, seed: int, shuffle: bool = True,
@@ -191,5 +205,6 @@ def latent_dataset(store: str, split: str, *, batch_size: int, seed: int, shuffl
     ds = ds[process_index * per_process:(process_index + 1) * per_process]
     if shuffle:
         ds = ds.shuffle(seed=int(seed))
-    ds = ds.repeat(num_epochs).map(DecodeLatent(tuple(meta["latent_shape"])))
+    decode = DecodeLatent(tuple(meta["latent_shape"]), meta.get("posterior") == "deterministic")
+    ds = ds.repeat(num_epochs).map(decode)
     return ds.batch(int(batch_size), drop_remainder=True).to_iter_dataset()

@@ -5,6 +5,7 @@ from unigen.tasks.diffusion import DiffusionTask, diffusion_process  # registers
 from unigen.tasks.text_to_image import TextToImageTask  # registers "text_to_image"
 from unigen.tasks.lzn import LZNClassificationTask, LZNGenerationTask, LZNRepresentationTask  # registers "lzn_*"
 from unigen.tasks.autoencoder import AutoencoderTask  # registers "autoencoder"
+from unigen.tasks.rae import RAETask  # registers "rae"
 
 __all__ = ["Task", "get_task", "register_task", "task_names", "DiffusionTask", "diffusion_process", "TextToImageTask",
-           "LZNGenerationTask", "LZNClassificationTask", "LZNRepresentationTask"]
+           "LZNGenerationTask", "LZNClassificationTask", "LZNRepresentationTask", "AutoencoderTask", "RAETask"]

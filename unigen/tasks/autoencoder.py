@@ -235,14 +235,26 @@ def _in_batches(fn, x, batch_size):
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
+def _encoder_of(model):
+    return getattr(model, "encode_latents", None) or model.encode
+
+
+def _decoder_of(model):
+    return getattr(model, "decode_latents", None) or model.decode
+
+
 def tokenizer_report(model, cfg, *, batch_size: int = 256, limit: int = 10_000) -> dict:
     """Reconstruction PSNR and latent statistics on the test split; a linear probe on the
     flattened posterior means (train -> test) when the data set has labels."""
     graphdef, state = nnx.split(model)
-    encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
-    decode = jax.jit(lambda s, z: nnx.merge(graphdef, s).decode(z))
+    # A deterministic tokenizer (RAE) has encode_latents / decode_latents on [-1, 1] images and
+    # returns no log-variance.
+    encode = jax.jit(lambda s, x: _encoder_of(nnx.merge(graphdef, s))(x))
+    decode = jax.jit(lambda s, z: _decoder_of(nnx.merge(graphdef, s))(z))
     x_test, y_test = split_arrays(cfg, "test", limit)
     mean, logvar = _in_batches(lambda x: encode(state, x), x_test, batch_size)
+    if logvar is None:
+        logvar = np.full(mean.shape, -np.inf, np.float32)
     rec = np.clip(_in_batches(lambda z: decode(state, z), mean, batch_size), -1, 1)
     per_image = psnr(x_test, rec)
     flat = mean.reshape(-1, mean.shape[-1])

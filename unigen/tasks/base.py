@@ -36,6 +36,10 @@ class Task:
     # prepare_conditions(model, cond, keys) -> cond: the model's conditions computed from the
     # given ones (and each sample's key) before sampling; None = the conditions as given.
     prepare_conditions = None
+    # fill_model(model) -> model: called once on the host with a freshly built model (not one
+    # from init_from or a checkpoint) to put pretrained parts into it before training, e.g. a
+    # frozen encoder read from a path (unigen/tasks/rae.py). None = train from the built model.
+    fill_model = None
 
     def __init__(self, cfg, model_kind, model_cfg):
         self.cfg, self.model_kind, self.model_cfg = cfg, model_kind, model_cfg

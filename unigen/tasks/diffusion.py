@@ -121,7 +121,8 @@ class DiffusionTask(Task):
         return samples if self.latents is None else self.latents.decode(samples)
 
     def model_inputs(self, batch: dict, rng=None) -> tuple:
-        data_keys = ["latent_mean", "latent_logvar"] if self.latents is not None else ["image"]
+        data_keys = ["image"] if self.latents is None else (
+            ["latent_mean"] if self.latents.codec.deterministic else ["latent_mean", "latent_logvar"])
         missing = [key for key in [*data_keys, *self.batch_keys.values()] if key not in batch]
         if missing:
             raise ConfigError(f"config.task: the {self.name!r} batch has no {missing} (it has {sorted(batch)}); "

@@ -107,7 +107,10 @@ class LatentSpace:
         return x / self.scale + self.shift
 
     def clean_sample(self, batch: dict, rng) -> jax.Array:
-        """x0 for the objective: a normalised posterior sample per example (rng: per-example keys)."""
+        """x0 for the objective: a normalised posterior sample per example (rng: per-example keys);
+        a deterministic tokenizer's latent as it is."""
+        if "latent_logvar" not in batch:
+            return self.normalize(batch["latent_mean"])
         mean, logvar = batch["latent_mean"], batch["latent_logvar"]
         eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, LATENT_SAMPLE_STREAM), mean.shape[1:]))(rng)
         return self.normalize(mean + jnp.exp(0.5 * logvar) * eps.astype(mean.dtype))

@@ -6,7 +6,10 @@
 
 The tokenizer module must have `encode(x) -> (mean, logvar)`, `decode(z)`, `downsample_factor`
 and a config with `latent_channels`, `scaling_factor` and `shift_factor` (unigen's
-AutoencoderKL and the VA-VAE built on it). `fingerprint` names the exact weights: a latent
+AutoencoderKL and the VA-VAE built on it). A tokenizer whose own encode/decode take other
+pixel ranges provides `encode_latents(x in [-1, 1]) -> (latents, logvar or None)` and
+`decode_latents(z) -> [-1, 1]` instead, and its `latent_normalization` (shift, scale) when the
+config's factors do not apply on top (an RAE: `deterministic = True`, logvar None, already normalised). `fingerprint` names the exact weights: a latent
 store records it, so latents written by another encoder are refused (unigen/data/latents.py).
 """
 
@@ -28,21 +31,33 @@ class LatentCodec:
     def __init__(self, model, source: str = ""):
         missing = [name for name in REQUIRED if not hasattr(model, name)]
         cfg = getattr(model, "cfg", None)
-        missing += [f"cfg.{f}" for f in ("latent_channels", "scaling_factor", "shift_factor") if not hasattr(cfg, f)]
+        missing += [f"cfg.{f}" for f in ("latent_channels", "scaling_factor") if not hasattr(cfg, f)]
         if missing:
             raise ConfigError(f"{source or type(model).__name__}: a {type(model).__name__} is not an image tokenizer "
                               f"(it lacks {missing}); give a KL autoencoder (a diffusers AutoencoderKL folder, a "
-                              f"unigen autoencoder_kl / vavae folder or training work dir)")
+                              f"unigen autoencoder_kl / vavae folder or training work dir) or an RAE (a diffusers "
+                              f"AutoencoderRAE folder or a unigen rae work dir)")
         import jax
         from flax import nnx
 
         self.source, self.model = source, model
         self.latent_channels = int(cfg.latent_channels)
         self.downsample = int(model.downsample_factor)
-        self.scaling_factor, self.shift_factor = float(cfg.scaling_factor), float(cfg.shift_factor or 0.0)
+        shift, scale = getattr(model, "latent_normalization", (getattr(cfg, "shift_factor", 0.0), cfg.scaling_factor))
+        self.scaling_factor, self.shift_factor = float(scale), float(shift or 0.0)
         graphdef, self._state = nnx.split(model)
-        self._encode = jax.jit(lambda state, x: nnx.merge(graphdef, state).encode(x))
-        self._decode = jax.jit(lambda state, z: nnx.merge(graphdef, state).decode(z))
+
+        def encode(state, x):
+            m = nnx.merge(graphdef, state)
+            return (getattr(m, "encode_latents", None) or m.encode)(x)
+
+        def decode(state, z):
+            m = nnx.merge(graphdef, state)
+            return (getattr(m, "decode_latents", None) or m.decode)(z)
+        self._encode, self._decode = jax.jit(encode), jax.jit(decode)
+        # A deterministic tokenizer (an RAE: no posterior variance) stores its latents alone and
+        # diffusion trains on them as they are.
+        self.deterministic = bool(getattr(model, "deterministic", False))
 
     @classmethod
     def from_path(cls, path: str) -> "LatentCodec":
@@ -74,9 +89,10 @@ class LatentCodec:
         side = image_size // self.downsample
         return side, side, self.latent_channels
 
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean, logvar) of NHWC images in [-1, 1]; logvar is None for a deterministic tokenizer."""
         mean, logvar = self._encode(self._state, np.asarray(images, np.float32))
-        return np.asarray(mean, np.float32), np.asarray(logvar, np.float32)
+        return np.asarray(mean, np.float32), None if logvar is None else np.asarray(logvar, np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(self._decode(self._state, np.asarray(latents, np.float32)), np.float32), -1.0, 1.0)

@@ -76,12 +76,16 @@ def _check_same_run(workdir: str, cfg) -> None:
 def _initial_state(cfg, run, tx, shardings, frozen_shardings):
     kind, patterns = run.model_kind, tuple(cfg.train.get("frozen", ()) or ())
 
+    fill = run.task.fill_model  # a task may put pretrained parts into a fresh model (host-side)
+
     def init():
         model = _init_from(cfg, run) if cfg.init_from else kind.build(run.model_cfg, cfg.seed)
+        if fill is not None and not cfg.init_from:
+            model = fill(model)
         _, state, frozen_model = create_train_state(model, tx, cfg.seed, patterns)
         return state, frozen_model
 
-    if cfg.init_from:  # weights read on the host, then placed
+    if cfg.init_from or fill is not None:  # weights read on the host, then placed
         state, frozen_model = jax.device_put(init(), (shardings, frozen_shardings["model"]))
     else:
         state, frozen_model = jax.jit(init, out_shardings=(shardings, frozen_shardings["model"]))()
