@@ -7,7 +7,9 @@ autoencoder, steps, batch, optimiser and seed: (1) VA-VAE, aligned with the froz
 at `--foundation` (the VF loss with its adaptive weight), and (2) the plain KL autoencoder
 (no VF loss, no projection). Each is scored on the test split by its reconstruction PSNR and a
 linear probe on its flattened latents (softmax regression, the penalty chosen on held-out
-training latents; unigen/eval/probe.py); the raw-pixel probe is the yardstick. The table goes
+training latents; unigen/eval/probe.py); the raw-pixel probe is the yardstick, and the same probe
+on the foundation's own tokens and on their top-C principal components per token (C = the latent
+channels) says how much a C-channel latent could gain at most by copying the foundation. The table goes
 to `<workdir>/comparison.json` and stdout. Work dirs resume, so a rerun only evaluates.
 `--quick` is a smoke run (a tiny autoencoder, a few steps), for the tests.
 """
@@ -19,6 +21,8 @@ import json
 import os
 import sys
 import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = {"train.steps": 4, "train.batch_size": 16, "train.checkpoint_every": 4, "train.warmup_steps": 1,
@@ -44,6 +48,27 @@ def configs(foundation: str, quick: bool, seed: int = 0):
     return out
 
 
+def foundation_probes(foundation: str, cfg, channels: int) -> dict:
+    """The same linear probe on the frozen foundation's own tokens (flattened), and on those tokens
+    reduced per token to their top `channels` principal components (fitted on the train split):
+    what a latent of that width could hold of the foundation at best if it were a linear copy."""
+    import jax
+
+    from unigen.eval.probe import linear_probe
+    from unigen.tasks.autoencoder import load_foundation, split_arrays
+    enc = load_foundation(foundation)
+    tokens = jax.jit(enc.tokens)
+    (x_tr, y_tr), (x_te, y_te) = split_arrays(cfg, "train"), split_arrays(cfg, "test")
+    f_tr, f_te = np.asarray(tokens(x_tr), np.float64), np.asarray(tokens(x_te), np.float64)
+    mu = f_tr.reshape(-1, f_tr.shape[-1]).mean(0)
+    basis = np.linalg.svd(f_tr.reshape(-1, f_tr.shape[-1]) - mu, full_matrices=False)[2][:channels].T
+    top = [((f - mu) @ basis).reshape(len(f), -1).astype(np.float32) for f in (f_tr, f_te)]
+    return {"foundation_tokens_probe_test_acc": linear_probe(f_tr.reshape(len(f_tr), -1).astype(np.float32), y_tr,
+                                                             f_te.reshape(len(f_te), -1).astype(np.float32),
+                                                             y_te)["test_acc"],
+            f"foundation_top{channels}_pcs_probe_test_acc": linear_probe(top[0], y_tr, top[1], y_te)["test_acc"]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--foundation", required=True, help="the frozen encoder (e.g. an LZN representation work dir)")
@@ -65,6 +90,8 @@ def main(argv=None) -> int:
                       "final_l1": result.get("l1"), "seconds": time.perf_counter() - start}
         rows["raw_pixels_probe_test_acc"] = ev["linear_probe_pixels"]["test_acc"]
     rows["probe_gain_vavae_minus_plain"] = rows["vavae"]["probe_test_acc"] - rows["plain_kl"]["probe_test_acc"]
+    channels = cfg.model.autoencoder.latent_channels
+    rows.update(foundation_probes(args.foundation, cfg, channels))
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "comparison.json"), "w") as f:
         json.dump(rows, f, indent=2)
@@ -75,6 +102,9 @@ def main(argv=None) -> int:
               f"({r['seconds'] / 60:.1f} min)")
     print(f"  raw pixels: linear probe {rows['raw_pixels_probe_test_acc']:.4f}; "
           f"alignment gain {rows['probe_gain_vavae_minus_plain']:+.4f}")
+    print(f"  the foundation's own tokens: {rows['foundation_tokens_probe_test_acc']:.4f}; their top {channels} "
+          f"principal components per token (the most a {channels}-channel latent copy could hold): "
+          f"{rows[f'foundation_top{channels}_pcs_probe_test_acc']:.4f}")
     return 0
 
 
