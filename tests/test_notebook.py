@@ -67,3 +67,18 @@ def test_latent_diffusion_notebook_runs(tmp_path, monkeypatch):
     assert images >= 3  # loss parts, reconstructions, latent statistics, sample grid
     assert os.path.exists(tmp_path / "run" / "lightningdit" / "samples_0000004.png")
     assert os.path.exists(tmp_path / "run" / "latents" / "latents.json")
+
+
+@pytest.mark.slow
+def test_rae_notebook_runs(tmp_path, monkeypatch):
+    text, images = run_notebook("rae.ipynb", tmp_path, monkeypatch, {
+        "UNIGEN_RAE_QUICK": "1", "UNIGEN_RAE_WORKDIR": str(tmp_path / "run")})
+    assert "RAE test PSNR" in text and "linear probe" in text and "latents: 4x4x16" in text  # the RAE's evaluation
+    assert "decoded with noise sigma 1.0" in text                         # the noise-augmentation demonstration
+    assert "dimension-dependent shift: sqrt(4*4*16 / 64) = 2.000" in text
+    assert "posterior: deterministic" in text and "'latent_logvar'" not in text  # the RAE's latent store
+    assert "samples" in text and "memoriser" in text
+    assert "DiT^DH: class accuracy" in text and "FD" in text             # the DiT^DH evaluation
+    assert images >= 5  # loss, reconstructions, noisy decodes, latent statistics, sample grid
+    assert os.path.exists(tmp_path / "run" / "ditdh" / "samples_0000004.png")
+    assert os.path.exists(tmp_path / "run" / "latents" / "latents.json")
