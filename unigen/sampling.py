@@ -18,6 +18,9 @@ multi-process runs too. `clip=True` clips to [-1, 1] (pixels); latents are left 
 conditions from the given ones once per batch, inside the compiled function and before the
 sampling loop, with the sample's own keys: e.g. an LZN draws each sample's latent z from
 N(0, I), or from a class's zone, given only its label (unigen/tasks/lzn.py).
+`apply(model, x, t, **cond) -> output` calls the network when it is not `model(x, t, **cond)`
+itself, e.g. one of UniDiffuser's sampling modes over a multi-modal network
+(unigen/unidiffuser/modes.py).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Generator:
     def __init__(self, graphdef, process, *, sample_shape, sampler: str = "dpm_solver_2m", steps: int = 25,
                  cfg_scale: float = 1.0, null_cond: dict | None = None, guided_channels: int | str | None = None,
                  guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
-                 clip_denoised: bool = False, clip: bool = True, mesh=None, rules="dp", prepare=None):
+                 clip_denoised: bool = False, clip: bool = True, mesh=None, rules="dp", prepare=None, apply=None):
         check_objective(process)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}; choose one of {sorted(SAMPLERS)}")
@@ -57,7 +60,8 @@ class Generator:
         self.prepare = prepare
 
         def model_fn(x, t, states, **cond):
-            return nnx.merge(graphdef, *states)(x, t, **cond)
+            module = nnx.merge(graphdef, *states)
+            return module(x, t, **cond) if apply is None else apply(module, x, t, **cond)
 
         self.model_fn = model_fn
         if cfg_scale != 1.0:

@@ -27,8 +27,11 @@ VARIANCES = ("learned_range", "fixed_small", "fixed_large")
 LOSSES = ("hybrid", "mse")
 
 
+BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")
+
+
 def beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
-    """IDDPM `get_named_beta_schedule` (float64)."""
+    """IDDPM `get_named_beta_schedule` (float64), and Stable Diffusion's "scaled_linear"."""
     if name == "linear":
         # Ho et al.'s 1e-4..0.02 over 1000 steps, rescaled so other T give the same process.
         scale = 1000.0 / num_timesteps
@@ -38,7 +41,11 @@ def beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
         abar = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
         return np.array([min(1 - abar((i + 1) / num_timesteps) / abar(i / num_timesteps), 0.999)
                          for i in range(num_timesteps)], dtype=np.float64)
-    raise ValueError(f"beta_schedule={name!r} is unknown; use 'linear' or 'cosine'")
+    if name == "scaled_linear":
+        # Stable Diffusion / UniDiffuser: betas linear in sqrt from 0.00085 to 0.012 (diffusers'
+        # "scaled_linear"; UniDiffuser's stable_diffusion_beta_schedule), not rescaled with T.
+        return np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, num_timesteps, dtype=np.float64) ** 2
+    raise ValueError(f"beta_schedule={name!r} is unknown; use one of {BETA_SCHEDULES}")
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):

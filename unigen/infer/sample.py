@@ -10,6 +10,11 @@ with one row per class.
 Text-to-image work dirs take prompts: `--prompt "a handwritten 7" --prompt "..." --per-prompt K`
 writes `images` and `prompts` (N,) with a grid row per prompt; `--protocol` prompts with the
 held-out caption templates and writes `labels` (the digit each prompt names) and `prompts`.
+
+UniDiffuser work dirs sample any of their modes: `--mode t2i --prompt ...`; `--mode i2t --image
+IMG [--image ...]` (an image file, or `test:0-9` / `test:3,5` for test-split images) writes the
+nearest `captions`, the `digits` they name and the raw `text` latents; `--mode joint --num N`
+writes images and captions; `--mode image` / `--mode text` the marginals.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ def _parse(argv):
     p.add_argument("--prompt", action="append", default=None,
                    help="a text prompt (repeat for several; text-to-image work dirs); one grid row each")
     p.add_argument("--per-prompt", type=int, default=8, help="samples per prompt (per grid row)")
+    p.add_argument("--mode", default=None, choices=("joint", "t2i", "i2t", "image", "text"),
+                   help="a UniDiffuser work dir's sampling mode: t2i needs --prompt, i2t needs --image")
+    p.add_argument("--image", action="append", default=None,
+                   help="an image to caption (--mode i2t): a file, or test:0-9 / test:3,5 (test-split indices)")
+    p.add_argument("--num", type=int, default=16, help="samples of --mode joint / image / text")
     p.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm_solver_2m | euler | heun")
@@ -85,7 +95,6 @@ def _sample(args) -> int:
 
     from unigen.errors import ConfigError
     from unigen.images import save_grid
-    from unigen.sampling import Generator
 
     if not args.out.endswith(".npz"):
         raise ConfigError(f"--out {args.out!r} must end with .npz")
@@ -93,6 +102,8 @@ def _sample(args) -> int:
         raise ConfigError(f"--per-class {args.per_class} / --per-prompt {args.per_prompt} must be >= 1")
     if args.prompt is not None and args.protocol:
         raise ConfigError("--prompt and --protocol exclude each other (the protocol has its own prompts)")
+    if args.image is not None and args.mode != "i2t":
+        raise ConfigError("--image is the condition of --mode i2t")
     if args.workdir:
         from unigen.training.build import build, import_plugins
         from unigen.training.checkpoint import is_workdir, load_model_for_inference, read_config
@@ -112,7 +123,7 @@ def _sample(args) -> int:
         settings["guided_channels"] = args.guided_channels if args.guided_channels == "dit" else int(args.guided_channels)
     graphdef, state = nnx.split(model)
     try:
-        gen = Generator.from_config(cfg.sample, task, graphdef, **settings)
+        gen = task.generator(cfg.sample, graphdef, **settings)
     except ValueError as e:  # a sampler that does not fit the objective, guidance without a null condition
         raise ConfigError(f"--sampler/--steps/--cfg-scale: {e}") from None
     num_classes = cfg.data.num_classes
@@ -125,13 +136,16 @@ def _sample(args) -> int:
 
     batch_size = args.batch_size or (cfg.eval.batch_size if "eval" in cfg else 500)
 
-    def generate(cond, num, seed, label=None):  # images: a latent model's samples decoded to pixels
-        samples = gen((state,), cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
+    def generate(cond, num, seed, label=None, **options):  # images: a latent model's samples decoded to pixels
+        samples = gen((state,), cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label,
+                      **options)
         return task.decode_samples(samples)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     png = args.out[:-4] + ".png"
     labelled = getattr(task, "labelled", False)
+    if args.mode is not None:
+        return _sample_mode(args, task, generate, png, f"{gen.sampler} {gen.steps} steps")
     if args.prompt is not None:
         if not hasattr(task, "conditions_for_prompts"):
             raise ConfigError(f"--prompt: task {task.name!r} takes no text prompts (use --per-class/--classes)")
@@ -168,6 +182,89 @@ def _sample(args) -> int:
         np.savez_compressed(args.out, **arrays)
         save_grid(png, images, rows=rows)
     print(f"wrote {args.out} ({len(images)} samples, {gen.sampler} {gen.steps} steps) and {png}")
+    return 0
+
+
+def _test_indices(spec: str, size: int) -> list[int]:
+    """'0-9' / '3,5,7' / '4' -> indices into a split of `size` images."""
+    from unigen.errors import ConfigError
+    out = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise ConfigError(f"--image test:{spec}: give indices such as test:0-9 or test:3,5") from None
+    bad = [i for i in out if not 0 <= i < size]
+    if bad or not out:
+        raise ConfigError(f"--image test:{spec}: indices {bad or out} outside the test split's 0..{size - 1}")
+    return out
+
+
+def _read_images(specs, task) -> np.ndarray:
+    """The --image arguments as (N, H, W, C) in [-1, 1] at the data set's size and channels."""
+    from unigen.errors import ConfigError
+    d = task.cfg.data
+    out = []
+    for spec in specs:
+        if spec.startswith("test:"):
+            images, _ = task.images("test")
+            out.extend(images[_test_indices(spec[5:], len(images))])
+            continue
+        if not os.path.isfile(spec):
+            raise ConfigError(f"--image {spec!r}: no such file (give an image file or test:INDICES)")
+        from PIL import Image
+        try:
+            img = Image.open(spec).convert("L" if d.channels == 1 else "RGB").resize((d.image_size, d.image_size),
+                                                                                    Image.BICUBIC)
+        except OSError as e:
+            raise ConfigError(f"--image {spec!r}: not an image PIL can read ({e})") from None
+        arr = np.asarray(img, np.float32).reshape(d.image_size, d.image_size, d.channels)
+        out.append(arr / 127.5 - 1.0)
+    return np.stack(out).astype(np.float32)
+
+
+def _sample_mode(args, task, generate, png, how) -> int:
+    """--mode: one of a UniDiffuser work dir's five sampling modes."""
+    from unigen.errors import ConfigError
+    from unigen.images import save_grid
+    if not hasattr(task, "read_captions"):
+        raise ConfigError(f"--mode: task {task.name!r} has one sampling mode; --mode is for UniDiffuser work dirs")
+    mode = args.mode
+    if mode == "t2i" and args.prompt is None:
+        raise ConfigError("--mode t2i needs a prompt: --prompt \"a handwritten 7\" (repeatable)")
+    if mode != "t2i" and args.prompt is not None:
+        raise ConfigError(f"--prompt is the condition of --mode t2i, not of --mode {mode}")
+    if mode == "i2t" and not args.image:
+        raise ConfigError("--mode i2t needs images: --image FILE or --image test:0-9 (repeatable)")
+    if args.num < 1:
+        raise ConfigError(f"--num {args.num} must be >= 1")
+    arrays = {}
+    try:
+        if mode == "t2i":
+            prompts = np.repeat(np.asarray(args.prompt, dtype=str), args.per_prompt)
+            cond, num, rows = task.conditions_for_prompts(list(prompts)), len(prompts), len(args.prompt)
+            arrays["prompts"] = prompts
+        elif mode == "i2t":
+            images = _read_images(args.image, task)
+            cond, num, rows = task.conditions_for_images(images), len(images), None
+            arrays["given_images"] = images
+        else:
+            cond, num, rows = {}, args.num, None
+    except ValueError as e:
+        raise ConfigError(f"--mode {mode}: {e}") from None
+    out = generate(cond, num, args.seed, label=mode, mode=mode)
+    if "img" in out:
+        arrays["images"] = out["img"].astype(np.float32)
+        save_grid(png, out["img"], rows=rows or max(1, int(np.sqrt(num))))
+    if "text" in out:
+        captions, digits, _ = task.read_captions(out["text"])
+        arrays.update(text=out["text"].astype(np.float32), captions=captions, digits=digits)
+        for i, caption in enumerate(captions[:32]):
+            print(f"{i:3d}: {caption}")
+    np.savez_compressed(args.out, **arrays)
+    wrote = f"wrote {args.out} ({num} samples, {mode}, {how})"
+    print(wrote + (f" and {png}" if "img" in out else ""))
     return 0
 
 

@@ -40,6 +40,10 @@ class Task:
     # from init_from or a checkpoint) to put pretrained parts into it before training, e.g. a
     # frozen encoder read from a path (unigen/tasks/rae.py). None = train from the built model.
     fill_model = None
+    # Classifier-free guidance replaces conditions by their null values (`null_cond`), so
+    # sample.cfg_scale != 1 needs them; a task whose guidance needs none (UniDiffuser's
+    # unconditional branch is the condition replaced by noise) sets False.
+    guidance_needs_null = True
 
     def __init__(self, cfg, model_kind, model_cfg):
         self.cfg, self.model_kind, self.model_cfg = cfg, model_kind, model_cfg
@@ -97,6 +101,14 @@ class Task:
     def grid(self, per_row: int, classes=None) -> tuple[dict, int, int]:
         """(conditions, number of samples, rows) for a sample grid."""
         return {}, per_row * 4, 4
+
+    def generator(self, sample_cfg, graphdef, **kwargs):
+        """The sampler for grids, evaluation and infer/sample.py: `Generator.from_config` by default
+        (kwargs: mesh=, rules=, and overrides such as steps=). A task whose network is not called
+        `model(x, t, **cond)` returns its own object with the Generator's `__call__`; options it
+        adds (e.g. UniDiffuser's `mode=`) reach it through `generate(..., **options)`."""
+        from unigen.sampling import Generator
+        return Generator.from_config(sample_cfg, self, graphdef, **kwargs)
 
     def decode_samples(self, samples: np.ndarray) -> np.ndarray:
         """The generator's samples as images in [-1, 1] (a latent task decodes its latents)."""

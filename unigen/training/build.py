@@ -155,7 +155,7 @@ def _validate_sampling(s, run) -> None:
           f"use one of {samplers} for a {type(run.task.process).__name__} (config.diffusion.kind)")
     _need(s.steps >= 1, "sample.steps", s.steps, "must be >= 1")
     _need(s.cfg_scale >= 0, "sample.cfg_scale", s.cfg_scale, "must be >= 0 (1 = no guidance)")
-    if s.cfg_scale != 1.0:
+    if s.cfg_scale != 1.0 and getattr(run.task, "guidance_needs_null", True):
         nulls = run.task.null_cond()
         _need(nulls and all(v is not None for v in nulls.values()), "sample.cfg_scale", s.cfg_scale,
               "guidance needs a conditional model trained with condition dropout "

@@ -27,7 +27,6 @@ from unigen import parallel
 from unigen.errors import CheckpointError, ConfigError, UnigenError
 from unigen.images import save_grid
 from unigen.models import kind_of
-from unigen.sampling import Generator
 from unigen.training import checkpoint as ckpt_lib
 from unigen.training.build import validate
 from unigen.training.config import to_json
@@ -211,7 +210,7 @@ def _generator(cfg, task, graphdef, mesh, rules):
     """The sampler of the task's generative model; None for a task without one (process None)."""
     if task.process is None:
         return None
-    return Generator.from_config(cfg.sample, task, graphdef, mesh=mesh, rules=rules)
+    return task.generator(cfg.sample, graphdef, mesh=mesh, rules=rules)
 
 
 def _evaluate(cfg, task, generator, graphdef, state, frozen, workdir, step):
@@ -251,10 +250,12 @@ def _model_states(state, frozen):
 
 
 def _generate_fn(generator, states, batch_size, task):
-    """`generate(cond, num, seed, label=None) -> numpy images`, the form tasks evaluate with
-    (a latent task's samples decoded to pixels)."""
-    def generate(cond, num, seed, label=None):
-        samples = generator(states, cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label)
+    """`generate(cond, num, seed, label=None, **options) -> numpy images`, the form tasks evaluate
+    with (a latent task's samples decoded to pixels); `options` go to the task's generator (e.g.
+    UniDiffuser's mode=)."""
+    def generate(cond, num, seed, label=None, **options):
+        samples = generator(states, cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label,
+                            **options)
         return task.decode_samples(samples)
     return generate
 
