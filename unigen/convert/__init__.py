@@ -3,6 +3,7 @@ own format, and the registry of sources `unigen.from_pretrained` reads."""
 
 from unigen.convert import dit  # noqa: F401  (registers the official and diffusers DiT loaders)
 from unigen.convert import mmdit  # noqa: F401  (registers the diffusers SD3Transformer2DModel loader)
+from unigen.convert import uvit  # noqa: F401  (registers the diffusers UniDiffuserModel loader)
 from unigen.convert import bert  # noqa: F401  (registers transformers BERT and sentence-transformers folders)
 from unigen.convert import autoencoder_kl  # noqa: F401  (registers the diffusers AutoencoderKL loader)
 from unigen.convert import dinov2  # noqa: F401  (registers transformers Dinov2Model / Dinov2WithRegistersModel)

@@ -6,7 +6,8 @@ from unigen.models.dit import DiT, DiTConfig, dit_config, lightningdit_config  #
 from unigen.models.ddt import DiTDH, DiTDHConfig, ditdh_config  # registers "ditdh"
 from unigen.models.mmdit import MMDiT, MMDiTConfig  # registers "mmdit"
 from unigen.models.lzn import LZN, LZNConfig  # registers "lzn"
+from unigen.models.uvit import UViT, UViTConfig  # registers "uvit"
 
 __all__ = ["Condition", "ModelKind", "get_model_kind", "kind_of", "model_kinds", "register_model",
            "DiT", "DiTConfig", "dit_config", "lightningdit_config", "DiTDH", "DiTDHConfig",
-           "ditdh_config", "MMDiT", "MMDiTConfig", "LZN", "LZNConfig"]
+           "ditdh_config", "MMDiT", "MMDiTConfig", "LZN", "LZNConfig", "UViT", "UViTConfig"]
