@@ -34,6 +34,10 @@ QUICK_MODEL["rae_digits.py"] = _TINY_LZN + ["--config.model.decoder_hidden_size=
 QUICK_MODEL["ditdh_digits.py"] = QUICK_DIT + ["--config.model.head_depth=1", "--config.model.head_hidden_size=32",
                                               "--config.model.head_num_heads=2", "--config.data.latent_channels=16"]
 
+# A tiny U-ViT on the quick LZN encoder above (its 64-d embedding is the clip_img slot).
+QUICK_MODEL["unidiffuser_digits.py"] = ["--config.model.num_layers=1", "--config.model.num_attention_heads=2",
+                                        "--config.model.attention_head_dim=8"]
+
 
 def quick_train(words) -> list[str]:
     config = next((w.split("=", 1)[1] if "=" in w else words[i + 1]) for i, w in enumerate(words)

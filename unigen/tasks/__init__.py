@@ -6,6 +6,8 @@ from unigen.tasks.text_to_image import TextToImageTask  # registers "text_to_ima
 from unigen.tasks.lzn import LZNClassificationTask, LZNGenerationTask, LZNRepresentationTask  # registers "lzn_*"
 from unigen.tasks.autoencoder import AutoencoderTask  # registers "autoencoder"
 from unigen.tasks.rae import RAETask  # registers "rae"
+from unigen.tasks.unidiffuser import UniDiffuserTask  # registers "unidiffuser"
 
 __all__ = ["Task", "get_task", "register_task", "task_names", "DiffusionTask", "diffusion_process", "TextToImageTask",
-           "LZNGenerationTask", "LZNClassificationTask", "LZNRepresentationTask", "AutoencoderTask", "RAETask"]
+           "LZNGenerationTask", "LZNClassificationTask", "LZNRepresentationTask", "AutoencoderTask", "RAETask",
+           "UniDiffuserTask"]

@@ -1,0 +1,112 @@
+"""UniDiffuser's multi-timestep objective (Bao et al. 2023, eq. 5).
+
+Every modality gets its own timestep, drawn independently and uniformly, and its own noise; one
+network predicts all the noises at once:
+
+    L = E || eps_theta(x_{t_x}, y_{t_y}, t_x, t_y) - [eps_x, eps_y] ||^2,   t_x, t_y ~ U{0..T-1}
+
+so the same network is a joint model (t_x = t_y), a conditional one (one modality clean, t = 0)
+and a marginal one (the other modality pure noise, t = T). A modality may have several parts
+that share its timestep (UniDiffuser's image = its VAE latent and its CLIP image embedding).
+
+Time convention: diffusers' (REFERENCES.md "UniDiffuser"): the discrete Gaussian diffusion of
+`unigen.diffusion.gaussian` (x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at integer t in 0..T-1),
+the network receives t itself; at sampling time a clean condition is given t = 0 and a modality
+replaced by noise t = T (`num_timesteps`, diffusers' `max_timestep`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from unigen.diffusion.gaussian import GaussianDiffusion
+from unigen.diffusion.objective import per_example, split_keys
+
+WEIGHTINGS = ("joint", "per_modality")
+
+# network(noisy, t) -> eps: noisy maps modality -> tuple of parts (each (B, ...)), t maps
+# modality -> (B,) int32 timesteps; the result has noisy's structure.
+MultiModalNetwork = Callable[[dict, dict], dict]
+
+
+def check_weighting(weighting: str) -> str:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r}: use 'joint' (the paper's squared norm of the concatenated "
+                         f"noises, every element weighted alike) or 'per_modality' (each modality's mean "
+                         f"squared error, averaged over modalities)")
+    return weighting
+
+
+TIME_WEIGHTINGS = ("uniform", "v")
+
+
+def time_weight(diffusion: GaussianDiffusion, t, time_weighting: str = "uniform", min_snr_gamma: float | None = None):
+    """Per-example weight of the noise-prediction error at timesteps t, SNR_t = abar_t / (1 - abar_t):
+      "uniform"  1, the paper's eq. 5;
+      "v"        1 / abar_t = 1 + 1 / SNR_t: the squared error of the v-prediction
+                 v = sqrt(abar) eps - sqrt(1 - abar) x0 implied by the noise prediction (Salimans & Ho
+                 2022), i.e. the x0 error weighted by 1 / (1 - abar). A noise-prediction error is
+                 SNR_t times the x0 error, so under "uniform" the noisy steps, where the global layout
+                 and the other modality's information matter, hardly weigh.
+    min_snr_gamma multiplies by Min-SNR-gamma's min(SNR_t, gamma) / SNR_t (Hang et al. 2023), which
+    caps the weight of the nearly clean steps."""
+    if time_weighting not in TIME_WEIGHTINGS:
+        raise ValueError(f"time_weighting={time_weighting!r}: use one of {TIME_WEIGHTINGS}")
+    abar = jnp.asarray(diffusion.alphas_cumprod, jnp.float32)[t]
+    w = jnp.ones(t.shape, jnp.float32) if time_weighting == "uniform" else 1.0 / abar
+    if min_snr_gamma is not None:
+        snr = abar / (1.0 - abar)
+        w = w * jnp.minimum(snr, min_snr_gamma) / snr
+    return w
+
+
+def multi_timestep_losses(diffusion: GaussianDiffusion, network: MultiModalNetwork, x0: dict, rng, *,
+                          weighting: str = "joint", time_weighting: str = "uniform",
+                          min_snr_gamma: float | None = None) -> dict:
+    """Per-example losses (B,) of eq. 5: dict(loss, mse_<modality> for each modality).
+
+    x0 maps modality name -> tuple of clean parts (B, ...); `rng` is one key or one key per
+    example (per-example draws, so micro-batches draw what the whole batch would). weighting
+    "joint" is the paper's: the squared norm over the concatenation of all parts divided by its
+    size; "per_modality" averages each modality's mean squared error, so a small modality
+    (UniDiffuser's 77 x 64 text against a 4 x 64 x 64 latent) weighs as much as a large one."""
+    check_weighting(weighting)
+    if diffusion.learned_variance():
+        raise ValueError("the multi-timestep objective predicts noise only: build the GaussianDiffusion with "
+                         "learn_sigma=False")
+    names = sorted(x0)
+    n = next(iter(x0[names[0]])).shape[0]
+    keys = dict(zip(names, split_keys(rng, len(names))))
+    noisy, t, noise = {}, {}, {}
+    for name in names:
+        k_t, k_noise = split_keys(keys[name])
+        t[name] = per_example(k_t, n, lambda k: jax.random.randint(k, (), 0, diffusion.num_timesteps))
+        parts = tuple(x0[name])
+        part_keys = split_keys(k_noise, len(parts)) if len(parts) > 1 else (k_noise,)
+        noise[name] = tuple(per_example(k, n, lambda kk, p=p: jax.random.normal(kk, p.shape[1:], jnp.float32))
+                            for k, p in zip(part_keys, parts))
+        noisy[name] = tuple(diffusion.q_sample(p, t[name], e.astype(p.dtype)) for p, e in zip(parts, noise[name]))
+    out = network(noisy, {name: diffusion.model_timesteps(t[name]) for name in names})
+    sq, size, metrics = {}, {}, {}
+    for name in names:
+        if len(out[name]) != len(noise[name]):
+            raise ValueError(f"the network returned {len(out[name])} parts for modality {name!r}; it has "
+                             f"{len(noise[name])}")
+        sums = []
+        for pred, e in zip(out[name], noise[name]):
+            if pred.shape != e.shape:
+                raise ValueError(f"modality {name!r}: the network predicted shape {pred.shape} for a part of "
+                                 f"shape {e.shape}")
+            sums.append(jnp.sum(jnp.square(pred.astype(jnp.float32) - e).reshape(n, -1), axis=1))
+        w = time_weight(diffusion, t[name], time_weighting, min_snr_gamma)
+        sq[name] = sum(sums) * w
+        size[name] = sum(e[0].size for e in noise[name])
+        metrics[f"mse_{name}"] = sum(sums) / size[name]
+    if weighting == "joint":
+        loss = sum(sq.values()) / sum(size.values())
+    else:
+        loss = sum(sq[name] / size[name] for name in names) / len(names)
+    return dict(loss=loss, **metrics)
