@@ -70,6 +70,11 @@ class CaptionSet:
     train_ids: np.ndarray        # (10, len(train templates)) int32 ids into `captions`
     held_out_ids: np.ndarray     # (10, len(held-out templates)) int32
 
+    def held_out_for(self, labels) -> np.ndarray:
+        """Held-out caption ids naming `labels`: sample i uses held-out template i mod their number."""
+        labels = np.asarray(labels, np.int64)
+        return self.held_out_ids[labels, np.arange(len(labels)) % self.held_out_ids.shape[1]]
+
 
 def digit_captions(train_templates=TRAIN_TEMPLATES, held_out_templates=HELD_OUT_TEMPLATES) -> CaptionSet:
     """The caption set of the captioned-digits task (deterministic order)."""

@@ -93,10 +93,7 @@ class TextToImageTask(DiffusionTask):
 
     # ---- prompts ----------------------------------------------------------------------------
     def caption_ids_for_labels(self, labels) -> np.ndarray:
-        """Held-out captions naming `labels`: sample i uses held-out template i mod their number."""
-        labels = np.asarray(labels, np.int64)
-        held = self.captions.held_out_ids
-        return held[labels, np.arange(len(labels)) % held.shape[1]]
+        return self.captions.held_out_for(labels)
 
     def conditions_for_labels(self, labels):
         ids = self.caption_ids_for_labels(labels)

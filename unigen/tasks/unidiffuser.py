@@ -40,7 +40,7 @@ from unigen.data.captions import digit_captions
 from unigen.diffusion.objective import per_example, split_keys
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
-from unigen.unidiffuser import IMAGE, MODES, TEXT, Layout, ModeSampler, TextPCA, multi_timestep_losses, nearest
+from unigen.unidiffuser import IMAGE, TEXT, Layout, ModeSampler, TextPCA, multi_timestep_losses, nearest
 from unigen.unidiffuser.objective import TIME_WEIGHTINGS, check_weighting
 
 
@@ -184,13 +184,8 @@ class UniDiffuserTask(Task):
 
     def images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(images (N, H, W, C) in [-1, 1], labels (N,)) of a whole split, as the loader preprocesses."""
-        from unigen.data.pipeline import Preprocess
-        from unigen.data.tfds_source import data_source
-        d = self.cfg.data
-        source, pre = data_source(d.name, split, d.data_dir or None), Preprocess(d.image_size)
-        examples = [pre(source[i]) for i in range(len(source))]
-        return (np.stack([e["image"] for e in examples]).astype(np.float32),
-                np.asarray([e["label"] for e in examples], np.int64))
+        from unigen.tasks.autoencoder import split_arrays
+        return split_arrays(self.cfg, split)
 
     @functools.cached_property
     def clip_statistics(self) -> tuple[np.ndarray, np.ndarray]:
@@ -198,13 +193,17 @@ class UniDiffuserTask(Task):
         z = self._embed_raw(self.images("train")[0]).astype(np.float64)
         return z.mean(0).astype(np.float32), np.maximum(z.std(0), 1e-6).astype(np.float32)
 
+    @functools.cached_property
+    def _encode_fn(self):
+        graphdef = self.clip_encoder[0]
+        return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+
     def _embed_raw(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        graphdef, state = self.clip_encoder
-        fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+        from unigen.tasks.autoencoder import _in_batches
+        state, fn = self.clip_encoder[1], self._encode_fn
         # frozen() may be called inside a trace (the trainer's eval_shape): compute eagerly.
         with jax.ensure_compile_time_eval():
-            return np.concatenate([np.asarray(fn(state, jnp.asarray(images[i:i + batch], jnp.float32)))
-                                   for i in range(0, len(images), batch)])
+            return _in_batches(lambda b: fn(state, jnp.asarray(b, jnp.float32)), images, batch)
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """The clip_img of images (N, H, W, C) in [-1, 1]: standardised encoder embeddings (N, D)."""
@@ -293,14 +292,8 @@ class UniDiffuserTask(Task):
         ids, dist = nearest(text_latents, self.text_table, candidates=np.arange(1, len(self.text_table)))
         return np.asarray(self.captions.captions, dtype=object)[ids].astype(str), self.captions.digit[ids], dist
 
-    def caption_ids_for_labels(self, labels) -> np.ndarray:
-        """Held-out captions naming `labels`: sample i uses held-out template i mod their number."""
-        labels = np.asarray(labels, np.int64)
-        held = self.captions.held_out_ids
-        return held[labels, np.arange(len(labels)) % held.shape[1]]
-
     def conditions_for_labels(self, labels):
-        return {"text": self.text_latents(self.caption_ids_for_labels(labels))}
+        return {"text": self.text_latents(self.captions.held_out_for(labels))}
 
     def grid(self, per_row, classes=None):
         """Text to image: one row per digit, each prompted with a held-out caption."""
