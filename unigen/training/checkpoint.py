@@ -168,31 +168,51 @@ def _first_line(e: Exception) -> str:
     return text[0].split(". See full")[0][:200] if text else ""
 
 
+def _is_orphaned_read_error(exc, text: str = "") -> bool:
+    """True for the leftovers of one failed orbax restore: after the first array read of a
+    damaged step fails, the reads of the other arrays are abandoned and each fails later on its
+    own ('Encountered error while reading array index', or 'Event loop is closed' once its loop
+    is gone)."""
+    text = f"{text} {exc!s}" if exc is not None else text
+    return "Encountered error while reading array index" in text or "_read_array_index" in text \
+        or (isinstance(exc, RuntimeError) and "Event loop is closed" in text)
+
+
 def _drop_orphaned_read_errors(unraisable) -> None:
-    """After a damaged step, the reads of orbax's other arrays are abandoned when the first one
-    fails: each fails later on its own ('Encountered error while reading array index', or
-    'Event loop is closed' once its loop is gone) and Python reports it as an unraisable
+    """Python reports each abandoned read (see `_is_orphaned_read_error`) as an unraisable
     exception when it is collected: dozens of tracebacks around one real error. Drop exactly
     those; pass every other unraisable exception on."""
     name = getattr(unraisable.object, "__qualname__", "") or ""
-    if "_read_array_index" in name or (isinstance(unraisable.exc_value, RuntimeError)
-                                       and "Event loop is closed" in str(unraisable.exc_value)):
+    if _is_orphaned_read_error(unraisable.exc_value, name):
         return
     _PREVIOUS_HOOK[0](unraisable)
 
 
+class _OrphanedReadErrorFilter(logging.Filter):
+    """asyncio logs the same abandoned reads as "... exception was never retrieved" when their
+    futures are collected, which may be long after the restore returned (so a log level set
+    around the restore does not catch them). Drop exactly those records; keep every other."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("never retrieved" in record.getMessage() and _is_orphaned_read_error(exc, record.getMessage()))
+
+
 _PREVIOUS_HOOK = [sys.unraisablehook]
+_ASYNCIO_FILTER = _OrphanedReadErrorFilter()
 
 
 @contextlib.contextmanager
 def _quiet_async_errors():
-    """Silence the asyncio logger while restoring, and from the first read on, the orphaned
-    read errors of a damaged step (see `_drop_orphaned_read_errors`); the restore's own error
-    still propagates."""
+    """Silence the asyncio logger while restoring; from the first restore on, drop the orphaned
+    read errors of a damaged step wherever they surface later (`_drop_orphaned_read_errors`,
+    `_OrphanedReadErrorFilter`). The restore's own error still propagates."""
     if sys.unraisablehook is not _drop_orphaned_read_errors:
         _PREVIOUS_HOOK[0] = sys.unraisablehook
         sys.unraisablehook = _drop_orphaned_read_errors
     log = logging.getLogger("asyncio")
+    if _ASYNCIO_FILTER not in log.filters:
+        log.addFilter(_ASYNCIO_FILTER)
     previous_level = log.level
     log.setLevel(logging.CRITICAL)
     try:
