@@ -38,14 +38,19 @@ def _linear_net(parts, times):
     return {m: tuple(0.5 * p + (times[m] / T).reshape((-1,) + (1,) * (p.ndim - 1)) for p in parts[m]) for m in parts}
 
 
-def test_multi_timestep_loss_draws_independent_times_and_matches_the_formula():
-    diff = GaussianDiffusion.create(T, "scaled_linear", learn_sigma=False)
+def _spy():
+    """(what the network saw, the linear network recording its inputs)."""
     seen = {}
 
     def spy(parts, times):
         seen.update(times=times, parts=parts)
         return _linear_net(parts, times)
+    return seen, spy
 
+
+def test_multi_timestep_loss_draws_independent_times_and_matches_the_formula():
+    diff = GaussianDiffusion.create(T, "scaled_linear", learn_sigma=False)
+    seen, spy = _spy()
     n = 64
     x0 = _x0(n)
     keys = jax.random.split(jax.random.PRNGKey(1), n)
@@ -88,6 +93,32 @@ def test_multi_timestep_loss_draws_independent_times_and_matches_the_formula():
         multi_timestep_losses(diff, _linear_net, x0, keys, time_weighting="snr")
 
 
+def test_multi_timestep_loss_over_a_flow_predicts_velocities_at_independent_levels():
+    from unigen.diffusion import RectifiedFlow
+    from unigen.unidiffuser.objective import condition_times
+    flow = RectifiedFlow.create("logit_normal", time_scale=1000.0)
+    seen, spy = _spy()
+    n = 64
+    x0 = _x0(n)
+    out = multi_timestep_losses(flow, spy, x0, jax.random.split(jax.random.PRNGKey(2), n))
+    s_img, s_txt = np.asarray(seen["times"][IMAGE]) / 1000, np.asarray(seen["times"][TEXT]) / 1000
+    assert 0 < s_img.min() and s_img.max() < 1 and np.corrcoef(s_img, s_txt)[0, 1] < 0.3  # independent
+    assert abs(np.median(s_img) - 0.5) < 0.1  # logit-normal around 1/2, not uniform integers
+    sq = 0.0
+    for m, sig in ((IMAGE, s_img), (TEXT, s_txt)):
+        for clean, noisy in zip(x0[m], seen["parts"][m]):
+            shape = (-1,) + (1,) * (clean.ndim - 1)
+            s = sig.reshape(shape)
+            eps = (np.asarray(noisy) - (1 - s) * np.asarray(clean)) / s
+            pred = 0.5 * np.asarray(noisy) + s
+            sq = sq + ((pred - (eps - np.asarray(clean))) ** 2).reshape(n, -1).sum(1)
+    np.testing.assert_allclose(np.asarray(out["loss"]), sq / 29, rtol=2e-3, atol=1e-5)
+    assert condition_times(flow) == (0.0, 1000.0)
+    assert condition_times(GaussianDiffusion.create(T, "scaled_linear", learn_sigma=False)) == (0.0, float(T))
+    with pytest.raises(ValueError, match="time sampling"):
+        multi_timestep_losses(flow, _linear_net, x0, jax.random.PRNGKey(0), time_weighting="v")
+
+
 # ---------------------------------------------------------------- the modes
 def test_layout_pack_unpack_roundtrip():
     x0 = _x0(3)
@@ -126,7 +157,7 @@ def test_each_mode_sets_the_timesteps_of_the_paper(mode):
     keys = jax.random.split(jax.random.PRNGKey(2), b)
     t = jnp.full((b,), 500)
     calls = []
-    out = mode_eps(_recording_net(calls), mode, LAYOUT, x, t, given=given, noise_key=keys, scale=1.0, max_timestep=T)
+    out = mode_eps(_recording_net(calls), mode, LAYOUT, x, t, given=given, noise_key=keys, scale=1.0, noise_time=T)
     assert out.shape == x.shape and len(calls) == 1
     parts, times = calls[0]
     want = {"joint": {IMAGE: 500, TEXT: 500}, "t2i": {IMAGE: 500, TEXT: 0}, "i2t": {IMAGE: 0, TEXT: 500},
@@ -147,7 +178,7 @@ def test_guidance_is_the_condition_replaced_by_noise_at_T(mode):
     keys = jax.random.split(jax.random.PRNGKey(3), b)
     t = jnp.full((b,), 400)
     calls = []
-    guided = mode_eps(_recording_net(calls), mode, LAYOUT, x, t, given=given, noise_key=keys, scale=s, max_timestep=T)
+    guided = mode_eps(_recording_net(calls), mode, LAYOUT, x, t, given=given, noise_key=keys, scale=s, noise_time=T)
     assert len(calls) == 1  # every branch in one network call
     parts, times = calls[0]
     n_branches = 3 if mode == "joint" else 2
@@ -182,7 +213,7 @@ def test_replacement_noise_is_fresh_per_step_and_fixed_by_the_key():
 
     def run(t, k):
         calls = []
-        mode_eps(_recording_net(calls), "image", LAYOUT, x, jnp.full((b,), t), noise_key=k, max_timestep=T)
+        mode_eps(_recording_net(calls), "image", LAYOUT, x, jnp.full((b,), t), noise_key=k, noise_time=T)
         return calls[0][0][TEXT][0]
 
     a, again, later = run(900, keys), run(900, keys), run(800, keys)
@@ -300,6 +331,30 @@ def test_modes_through_the_sampler_and_infer_cli(tiny_run, tmp_path):
         assert done.returncode == 2 and match in done.stderr, (extra, done.stderr[-1000:])
 
 
+def test_the_papers_noise_prediction_task_trains_a_step_and_samples(tiny_run):
+    """The config's flow is one override away from the paper's objective (noise prediction on
+    scaled_linear): the same task computes its loss and samples every mode's condition times."""
+    from flax import nnx
+
+    from unigen.diffusion import GaussianDiffusion
+    from unigen.training.build import build
+    _, enc, _, _ = tiny_run
+    cfg = unidiffuser_config(enc, **{"diffusion.kind": "gaussian"})
+    run = build(cfg)
+    task = run.task
+    assert isinstance(task.process, GaussianDiffusion) and task.process.num_timesteps == 1000
+    model = run.model_kind.build(run.model_cfg, 0)
+    x, y = task.images("train")
+    n = 4
+    loss, metrics = task.loss(model, {"image": jnp.asarray(x[:n]), "label": jnp.asarray(y[:n])},
+                              jax.random.split(jax.random.PRNGKey(0), n), task.frozen(0))
+    assert np.isfinite(float(loss)) and {"mse_image", "mse_text"} <= set(metrics)
+    graphdef, state = nnx.split(model)
+    sampler = task.generator(cfg.sample, graphdef, steps=2)
+    out = sampler((state,), task.conditions_for_labels(np.arange(2)), jax.random.PRNGKey(1), mode="t2i")
+    assert out["img"].shape == (2, 8, 8, 1) and np.all(np.abs(out["img"]) <= 1)
+
+
 def test_sampler_errors_and_determinism(tiny_run):
     from flax import nnx
 
@@ -340,7 +395,9 @@ def test_bad_configs_fail_before_compiling(tmp_path):
     with pytest.raises(ConfigError, match="clip_encoder is empty"):
         train(unidiffuser_config(""), str(tmp_path / "b"), progress=False)
     with pytest.raises(ConfigError, match="kind='gaussian'"):
-        build(unidiffuser_config(enc, **{"diffusion.kind": "flow"}))
+        build(unidiffuser_config(enc, **{"diffusion.kind": "edm"}))
+    with pytest.raises(ConfigError, match="time_sampling"):  # a noise-prediction weighting over a flow
+        build(unidiffuser_config(enc, **{"diffusion.kind": "flow", "unidiffuser.time_weighting": "v"}))
     with pytest.raises(ConfigError, match="unidiffuser.weighting"):
         build(unidiffuser_config(enc, **{"unidiffuser.weighting": "sum"}))
     with pytest.raises(ConfigError, match="time_weighting"):

@@ -13,7 +13,8 @@ The two modalities (REFERENCES.md "UniDiffuser"):
 
 Loss: the multi-timestep objective (unigen/unidiffuser/objective.py) with `config.diffusion`'s
 discrete Gaussian diffusion (UniDiffuser: kind "gaussian", beta_schedule "scaled_linear",
-1000 steps, noise prediction). Sampling: the five modes of unigen/unidiffuser/modes.py through
+1000 steps, noise prediction) or a rectified flow (kind "flow": one noise level per modality
+from the flow's time sampling, velocities predicted; model times 0..1000 as diffusers'). Sampling: the five modes of unigen/unidiffuser/modes.py through
 the shared samplers, guidance `config.sample.cfg_scale` (per mode: `unidiffuser.cfg_scales`);
 grids show text-to-image, one row per digit, prompted with held-out captions.
 
@@ -124,11 +125,24 @@ class UniDiffuserTask(Task):
                               f"captions; other data sets are not supported yet")
         self.opts = UniDiffuserOptions.from_config(cfg)
         from unigen.tasks.diffusion import diffusion_process
-        if cfg.diffusion.kind != "gaussian":
+        if cfg.diffusion.kind not in ("gaussian", "flow"):
             raise ConfigError(f"config.diffusion.kind={cfg.diffusion.kind!r}: UniDiffuser's objective is the discrete "
-                              f"Gaussian diffusion (kind='gaussian', beta_schedule='scaled_linear')")
-        self.process = diffusion_process(cfg.diffusion, learn_sigma=False)
-        if self.process.learned_variance():
+                              f"Gaussian diffusion (kind='gaussian', beta_schedule='scaled_linear'; the paper) or, "
+                              f"per modality the same way, a rectified flow (kind='flow')")
+        try:
+            self.process = diffusion_process(cfg.diffusion, learn_sigma=False)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if cfg.diffusion.kind == "flow":
+            if self.opts.time_weighting != "uniform" or self.opts.min_snr_gamma is not None:
+                raise ConfigError(f"config.unidiffuser.time_weighting={self.opts.time_weighting!r} / min_snr_gamma="
+                                  f"{self.opts.min_snr_gamma!r}: noise-prediction weightings; over a flow the time "
+                                  f"sampling (config.diffusion.time_sampling) weighs the noise levels: set 'uniform' "
+                                  f"and None")
+            if self.process.direction_weight:
+                raise ConfigError("config.diffusion.direction_weight: the multi-timestep objective has no "
+                                  "velocity-direction term; set 0")
+        elif self.process.learned_variance():
             raise ConfigError("config.diffusion: UniDiffuser predicts noise only (no learned variance)")
         self.encoder_name = (cfg.get("text") or {}).get("encoder", "")
         if not isinstance(self.encoder_name, str) or not self.encoder_name:

@@ -94,7 +94,9 @@ class Layout:
 def _noise(layout: Layout, modality: str, noise_key, t):
     """Pure noise for every part of `modality`, one draw per (sample, step): N(0, I) from
     fold_in(sample key, t)."""
-    keys = jax.vmap(jax.random.fold_in)(noise_key, t.astype(jnp.uint32))
+    # The time's float32 bits: distinct for every step of any grid (integer or flow model times).
+    bits = jax.lax.bitcast_convert_type(t.astype(jnp.float32), jnp.uint32)
+    keys = jax.vmap(jax.random.fold_in)(noise_key, bits)
     first = [name for name, _ in layout.modalities].index(modality) * 1000  # distinct streams per part
     out = []
     for j, (_, shape) in enumerate(layout.parts(modality)):
@@ -116,17 +118,20 @@ def _mix(scale, cond, uncond):
 
 
 def mode_eps(network, mode: str, layout: Layout, x, t, *, given: dict | None = None, noise_key=None,
-             scale: float = 1.0, max_timestep: int = 1000):
+             scale: float = 1.0, clean_time: float = 0.0, noise_time: float = 1000.0):
     """The noise prediction (B, D) of `mode` for the packed moving modalities x (B, D) at model time
-    t (B,). `network(parts, times) -> eps` takes and returns modality -> tuple of parts, times
+    t (B,) (over a flow: the velocity; the wrapper is linear in the network's outputs).
+    `network(parts, times) -> eps` takes and returns modality -> tuple of parts, times
     modality -> (B,); `given` holds the clean condition's parts (t2i: the text, i2t: the image);
-    `noise_key` (B, 2) keys for the replacement noise (marginals and guidance)."""
+    `noise_key` (B, 2) keys for the replacement noise (marginals and guidance). A clean condition
+    gets model time `clean_time`, a modality replaced by noise `noise_time` (diffusers: 0 and
+    max_timestep = 1000; `objective.condition_times(process)`)."""
     check_mode(mode)
     moving = MOVES[mode]
     x_parts = layout.unpack(x, moving)
     b = x.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t), (b,))
-    zero, top = jnp.zeros_like(t), jnp.full_like(t, max_timestep)
+    zero, top = jnp.full_like(t, clean_time), jnp.full_like(t, noise_time)
     need_noise = mode in ("image", "text") or (mode in GUIDED and scale != 1.0)
     if need_noise and noise_key is None:
         raise ValueError(f"mode {mode!r} replaces a modality by noise: pass noise_key (one key per sample)")

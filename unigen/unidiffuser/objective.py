@@ -13,6 +13,12 @@ Time convention: diffusers' (REFERENCES.md "UniDiffuser"): the discrete Gaussian
 `unigen.diffusion.gaussian` (x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at integer t in 0..T-1),
 the network receives t itself; at sampling time a clean condition is given t = 0 and a modality
 replaced by noise t = T (`num_timesteps`, diffusers' `max_timestep`).
+
+The same objective over a rectified flow (`unigen.diffusion.flow`, not in the paper): each
+modality draws its own noise level sigma from the flow's time sampling (e.g. logit-normal),
+x_sigma = (1 - sigma) x_0 + sigma eps, and the network predicts every modality's velocity
+eps - x_0 at model times time_scale * sigma (a clean condition: 0, pure noise: time_scale, the
+same convention as above with time_scale = 1000). The modes and samplers need nothing else.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from unigen.diffusion.flow import RectifiedFlow
 from unigen.diffusion.gaussian import GaussianDiffusion
 from unigen.diffusion.objective import per_example, split_keys
 
 WEIGHTINGS = ("joint", "per_modality")
 
-# network(noisy, t) -> eps: noisy maps modality -> tuple of parts (each (B, ...)), t maps
-# modality -> (B,) int32 timesteps; the result has noisy's structure.
+# network(noisy, t) -> eps (or velocity, over a flow): noisy maps modality -> tuple of parts (each
+# (B, ...)), t maps modality -> (B,) model times; the result has noisy's structure.
 MultiModalNetwork = Callable[[dict, dict], dict]
 
 
@@ -63,7 +70,33 @@ def time_weight(diffusion: GaussianDiffusion, t, time_weighting: str = "uniform"
     return w
 
 
-def multi_timestep_losses(diffusion: GaussianDiffusion, network: MultiModalNetwork, x0: dict, rng, *,
+def condition_times(process) -> tuple[float, float]:
+    """The model times of a clean condition and of a modality replaced by pure noise: (0, T) for the
+    Gaussian diffusion (diffusers' max_timestep = num_timesteps), (model_time(0), model_time(1))
+    for a rectified flow."""
+    if isinstance(process, RectifiedFlow):
+        return float(process.model_time(0.0)), float(process.model_time(1.0))
+    return 0.0, float(process.num_timesteps)
+
+
+def _noised(process, x0_parts, key, n):
+    """(training times (B,): integer t or sigma, model times (B,), noisy parts, targets) of one modality."""
+    k_t, k_noise = split_keys(key)
+    parts = tuple(x0_parts)
+    part_keys = split_keys(k_noise, len(parts)) if len(parts) > 1 else (k_noise,)
+    noise = tuple(per_example(k, n, lambda kk, p=p: jax.random.normal(kk, p.shape[1:], jnp.float32))
+                  for k, p in zip(part_keys, parts))
+    if isinstance(process, RectifiedFlow):
+        sigma = per_example(k_t, n, lambda k: process.sample_sigma(k, 1)[0])
+        noisy = tuple(process.interpolate(p, sigma.astype(p.dtype), e.astype(p.dtype)) for p, e in zip(parts, noise))
+        targets = tuple(process.velocity_target(p.astype(jnp.float32), e) for p, e in zip(parts, noise))
+        return sigma, process.model_time(sigma), noisy, targets
+    t = per_example(k_t, n, lambda k: jax.random.randint(k, (), 0, process.num_timesteps))
+    noisy = tuple(process.q_sample(p, t, e.astype(p.dtype)) for p, e in zip(parts, noise))
+    return t, process.model_timesteps(t), noisy, noise
+
+
+def multi_timestep_losses(diffusion: GaussianDiffusion | RectifiedFlow, network: MultiModalNetwork, x0: dict, rng, *,
                           weighting: str = "joint", time_weighting: str = "uniform",
                           min_snr_gamma: float | None = None) -> dict:
     """Per-example losses (B,) of eq. 5: dict(loss, mse_<modality> for each modality).
@@ -72,38 +105,42 @@ def multi_timestep_losses(diffusion: GaussianDiffusion, network: MultiModalNetwo
     example (per-example draws, so micro-batches draw what the whole batch would). weighting
     "joint" is the paper's: the squared norm over the concatenation of all parts divided by its
     size; "per_modality" averages each modality's mean squared error, so a small modality
-    (UniDiffuser's 77 x 64 text against a 4 x 64 x 64 latent) weighs as much as a large one."""
+    (UniDiffuser's 77 x 64 text against a 4 x 64 x 64 latent) weighs as much as a large one.
+    Over a RectifiedFlow the targets are the velocities (time weighting "uniform" only)."""
     check_weighting(weighting)
-    if diffusion.learned_variance():
+    flow = isinstance(diffusion, RectifiedFlow)
+    if flow:
+        if time_weighting != "uniform" or min_snr_gamma is not None:
+            raise ValueError(f"time_weighting={time_weighting!r}, min_snr_gamma={min_snr_gamma!r}: over a rectified "
+                             f"flow the time weighting is the flow's time sampling; use 'uniform' and None")
+        if diffusion.direction_weight:
+            raise ValueError(f"direction_weight={diffusion.direction_weight}: the multi-timestep objective has no "
+                             f"velocity-direction term; set 0")
+    elif diffusion.learned_variance():
         raise ValueError("the multi-timestep objective predicts noise only: build the GaussianDiffusion with "
                          "learn_sigma=False")
     names = sorted(x0)
     n = next(iter(x0[names[0]])).shape[0]
     keys = dict(zip(names, split_keys(rng, len(names))))
-    noisy, t, noise = {}, {}, {}
+    noisy, t, model_t, target = {}, {}, {}, {}
     for name in names:
-        k_t, k_noise = split_keys(keys[name])
-        t[name] = per_example(k_t, n, lambda k: jax.random.randint(k, (), 0, diffusion.num_timesteps))
-        parts = tuple(x0[name])
-        part_keys = split_keys(k_noise, len(parts)) if len(parts) > 1 else (k_noise,)
-        noise[name] = tuple(per_example(k, n, lambda kk, p=p: jax.random.normal(kk, p.shape[1:], jnp.float32))
-                            for k, p in zip(part_keys, parts))
-        noisy[name] = tuple(diffusion.q_sample(p, t[name], e.astype(p.dtype)) for p, e in zip(parts, noise[name]))
-    out = network(noisy, {name: diffusion.model_timesteps(t[name]) for name in names})
+        t[name], model_t[name], noisy[name], target[name] = _noised(diffusion, x0[name], keys[name], n)
+    out = network(noisy, model_t)
     sq, size, metrics = {}, {}, {}
     for name in names:
-        if len(out[name]) != len(noise[name]):
+        if len(out[name]) != len(target[name]):
             raise ValueError(f"the network returned {len(out[name])} parts for modality {name!r}; it has "
-                             f"{len(noise[name])}")
+                             f"{len(target[name])}")
         sums = []
-        for pred, e in zip(out[name], noise[name]):
+        for pred, e in zip(out[name], target[name]):
             if pred.shape != e.shape:
                 raise ValueError(f"modality {name!r}: the network predicted shape {pred.shape} for a part of "
                                  f"shape {e.shape}")
+            pred = diffusion.velocity(pred) if flow else pred
             sums.append(jnp.sum(jnp.square(pred.astype(jnp.float32) - e).reshape(n, -1), axis=1))
-        w = time_weight(diffusion, t[name], time_weighting, min_snr_gamma)
+        w = 1.0 if flow else time_weight(diffusion, t[name], time_weighting, min_snr_gamma)
         sq[name] = sum(sums) * w
-        size[name] = sum(e[0].size for e in noise[name])
+        size[name] = sum(e[0].size for e in target[name])
         metrics[f"mse_{name}"] = sum(sums) / size[name]
     if weighting == "joint":
         loss = sum(sq.values()) / sum(size.values())

@@ -24,6 +24,7 @@ import numpy as np
 
 from unigen.sampling import Generator
 from unigen.unidiffuser.modes import GIVEN, GUIDED, MOVES, Layout, check_mode, mode_eps
+from unigen.unidiffuser.objective import condition_times
 
 NOISE_STREAM = 0x0DD1  # folded into each sample's key for its replacement noise
 
@@ -32,13 +33,13 @@ def _add_noise_key(model, cond, keys):
     return dict(cond, noise_key=jax.vmap(lambda k: jax.random.fold_in(k, NOISE_STREAM))(keys))
 
 
-def _apply(module, x, t, *, noise_key, network_of, mode, layout, scale, max_timestep, **given):
+def _apply(module, x, t, *, noise_key, network_of, mode, layout, scale, times, **given):
     parts = {}
     if mode in GIVEN:
         name = GIVEN[mode]
         parts[name] = tuple(given[p] for p in layout.part_names(name))
     return mode_eps(network_of(module), mode, layout, x, t, given=parts, noise_key=noise_key, scale=scale,
-                    max_timestep=max_timestep)
+                    clean_time=times[0], noise_time=times[1])
 
 
 class ModeSampler:
@@ -62,7 +63,7 @@ class ModeSampler:
         """The Generator of one mode (built once)."""
         if check_mode(mode) not in self._generators:
             apply = functools.partial(_apply, network_of=self.network_of, mode=mode, layout=self.layout,
-                                      scale=self.scales.get(mode, 1.0), max_timestep=self.process.num_timesteps)
+                                      scale=self.scales.get(mode, 1.0), times=condition_times(self.process))
             self._generators[mode] = Generator(
                 self.graphdef, self.process, sample_shape=(self.layout.size(MOVES[mode]),), sampler=self.sampler,
                 steps=self.steps, eta=self.eta, clip=False, mesh=self.mesh, rules=self.rules,
