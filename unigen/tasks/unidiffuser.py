@@ -14,9 +14,10 @@ The two modalities (REFERENCES.md "UniDiffuser"):
 Loss: the multi-timestep objective (unigen/unidiffuser/objective.py) with `config.diffusion`'s
 discrete Gaussian diffusion (UniDiffuser: kind "gaussian", beta_schedule "scaled_linear",
 1000 steps, noise prediction) or a rectified flow (kind "flow": one noise level per modality
-from the flow's time sampling, velocities predicted; model times 0..1000 as diffusers'). Sampling: the five modes of unigen/unidiffuser/modes.py through
-the shared samplers, guidance `config.sample.cfg_scale` (per mode: `unidiffuser.cfg_scales`);
-grids show text-to-image, one row per digit, prompted with held-out captions.
+from the flow's time sampling, velocities predicted; model times 0..1000 as diffusers').
+Sampling: the five modes of unigen/unidiffuser/modes.py through the shared samplers, guidance
+`config.sample.cfg_scale` (per mode: `unidiffuser.cfg_scales`); grids show text-to-image, one
+row per digit, prompted with held-out captions.
 
 Evaluation (one seed; `config.eval.num_samples` per generative mode): text->image (the digits
 classifier reads the prompted digit; FD etc. as the digits protocol), image->text on every test
