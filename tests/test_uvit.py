@@ -232,6 +232,22 @@ def test_init_as_the_original():
     assert block.qkv.bias is None  # attention_bias=False
 
 
+def test_xavier_init_is_glorot_over_flattened_fans():
+    """init="xavier" (opt-in for small widths): each Linear kernel Glorot-uniform over its flattened
+    (fan_in, fan_out), e.g. q/k/v as Linear(D, 3D); biases and LayerNorms as the reference."""
+    cfg = UViTConfig(**TINY, init="xavier")
+    block = Block(cfg, rngs=nnx.Rngs(0))
+    d = cfg.hidden_size
+    for kernel, fan_in, fan_out in ((block.qkv.kernel, d, 3 * d), (block.ff.fc1.kernel, d, 8 * d),
+                                    (block.proj.kernel, d, d)):
+        k = np.asarray(kernel[...])
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        assert np.abs(k).max() <= bound and np.abs(k).max() > 0.9 * bound, kernel
+    np.testing.assert_array_equal(block.ff.fc1.bias[...], 0.0)
+    with pytest.raises(ValueError, match="init"):
+        UViTConfig(**TINY, init="he").validate()
+
+
 def test_finite_gradients_scanned():
     """jax.grad of a UniDiffuser-style loss through a scanned, rematerialised model: finite,
     reaching every parameter (the position table, the data-type table, both stacks)."""

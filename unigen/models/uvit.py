@@ -41,7 +41,10 @@ Initialisation as the original U-ViT `_init_weights`: Linear weights truncated n
 0.02 (timm's bounds are +-2 absolute, i.e. +-100 std: in effect a plain normal), biases 0,
 LayerNorms 1 / 0, the position table truncated normal 0.02; the patch embedding is a Conv2d,
 which `_init_weights` skips: torch's default U(+-1/sqrt(fan_in)) for weight and bias; the
-data-type table is torch's nn.Embedding default N(0, 1), its position token 0.
+data-type table is torch's nn.Embedding default N(0, 1), its position token 0. `init="xavier"`
+(not the reference) draws the Linear weights and the position table Glorot-uniform instead:
+N(0, 0.02) is Xavier's scale near width 1536, 4-5x too small at width 64, where the blocks then
+start as near-identities and learn slowly (bench/RESULTS.md, UniDiffuser).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from unigen.models.registry import ModelKind, register_model
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.embeddings import timestep_embedding
-from unigen.nn.layers import Dense, param
+from unigen.nn.layers import Dense, param, xavier_uniform
 from unigen.nn.norms import LayerNorm
 from unigen.nn.patch import patchify, unpatchify
 from unigen.nn.posemb import scaled_positions, sincos_2d_at
@@ -71,6 +74,7 @@ TOKENS = ("batch", "length", "embed")
 HEADS = ("batch", "length", "heads", "kv")
 ACTIVATIONS = ("geglu", "gelu", "gelu-approximate")
 BLOCK_TYPES = ("unidiffuser", "standard")
+INITS = ("reference", "xavier")
 PATCH_POS_BASE_SIZE = 16  # diffusers PatchEmbed's get_2d_sincos_pos_embed default
 
 # timm's trunc_normal_(std=.02) truncates at +-2 absolute: +-100 standard deviations.
@@ -105,6 +109,9 @@ class UViTConfig:
     use_timestep_embedding: bool = False  # time tokens through Linear-SiLU-Linear
     use_patch_pos_embed: bool = False   # add diffusers' fixed sin-cos table to the patch tokens
     use_data_type_embedding: bool = False  # UniDiffuser-v1's data-type token (data_type in {0, 1})
+    # "reference": U-ViT's N(0, 0.02) Linear weights and position table; "xavier": Glorot-uniform
+    # (flattened fans) for both, which small widths need (0.02 is Xavier's scale at width ~1536).
+    init: str = "reference"
     attention_backend: str = "auto"
     attention_options: tuple = ()       # (key, value) pairs for the backend
     scan_layers: bool = False
@@ -145,6 +152,8 @@ class UViTConfig:
                       "use_patch_pos_embed", "use_data_type_embedding", "scan_layers", "remat"):
             if not isinstance(getattr(self, field), bool):
                 bad(field, "must be True or False")
+        if self.init not in INITS:
+            bad("init", f"use one of {INITS} (the reference's N(0, 0.02), or Glorot-uniform for small widths)")
         if self.activation_fn not in ACTIVATIONS:
             bad("activation_fn", f"use one of {ACTIVATIONS}")
         if self.block_type not in BLOCK_TYPES:
@@ -181,8 +190,13 @@ def patch_pos_embed(cfg: UViTConfig) -> np.ndarray:
     return sincos_2d_at(cfg.hidden_size, pos, pos)
 
 
-def _dense(d_in, d_out, axes, rngs, dtype, **kw):
-    return Dense(d_in, d_out, axes=axes, kernel_init=TRUNC_NORMAL, rngs=rngs, dtype=dtype, **kw)
+def _dense(d_in, d_out, axes, rngs, dtype, init="reference", **kw):
+    if init == "reference":
+        kernel_init = TRUNC_NORMAL
+    else:  # Glorot-uniform over the flattened (fan_in, fan_out) of the kernel
+        kernel_init = xavier_uniform(len(d_in) if isinstance(d_in, tuple) else 1,
+                                     len(d_out) if isinstance(d_out, tuple) else 1)
+    return Dense(d_in, d_out, axes=axes, kernel_init=kernel_init, rngs=rngs, dtype=dtype, **kw)
 
 
 class FeedForward(nnx.Module):
@@ -193,10 +207,10 @@ class FeedForward(nnx.Module):
         d, inner, dtype = cfg.hidden_size, 4 * cfg.hidden_size, jnp.dtype(cfg.dtype)
         self.activation = cfg.activation_fn
         if self.activation == "geglu":
-            self.fc1 = _dense(d, (2, inner), ("embed", None, "mlp"), rngs, dtype)
+            self.fc1 = _dense(d, (2, inner), ("embed", None, "mlp"), rngs, dtype, init=cfg.init)
         else:
-            self.fc1 = _dense(d, inner, ("embed", "mlp"), rngs, dtype)
-        self.fc2 = _dense(inner, d, ("mlp", "embed"), rngs, dtype)
+            self.fc1 = _dense(d, inner, ("embed", "mlp"), rngs, dtype, init=cfg.init)
+        self.fc2 = _dense(inner, d, ("mlp", "embed"), rngs, dtype, init=cfg.init)
 
     def __call__(self, x):
         h = self.fc1(x)
@@ -213,8 +227,9 @@ class Block(nnx.Module):
     def __init__(self, cfg: UViTConfig, *, rngs: nnx.Rngs):
         d, h, dh, dtype = cfg.hidden_size, cfg.num_attention_heads, cfg.attention_head_dim, jnp.dtype(cfg.dtype)
         self.cfg = cfg
-        self.qkv = _dense(d, (3, h, dh), ("embed", None, "heads", "kv"), rngs, dtype, use_bias=cfg.attention_bias)
-        self.proj = _dense((h, dh), d, ("heads", "kv", "embed"), rngs, dtype)
+        self.qkv = _dense(d, (3, h, dh), ("embed", None, "heads", "kv"), rngs, dtype, init=cfg.init,
+                          use_bias=cfg.attention_bias)
+        self.proj = _dense((h, dh), d, ("heads", "kv", "embed"), rngs, dtype, init=cfg.init)
         self.attn_norm = LayerNorm(d, eps=EPS, affine=cfg.norm_elementwise_affine, rngs=rngs)
         self.ff_norm = LayerNorm(d, eps=EPS, affine=cfg.norm_elementwise_affine, rngs=rngs)
         self.ff = FeedForward(cfg, rngs=rngs)
@@ -248,7 +263,7 @@ class OutBlock(nnx.Module):
     def __init__(self, cfg: UViTConfig, *, rngs: nnx.Rngs):
         d = cfg.hidden_size
         # Linear(2D, D) over [h, skip], kept as a (2, D, D) kernel so each half is an "embed" axis
-        self.skip_linear = _dense((2, d), d, (None, "embed", None), rngs, jnp.dtype(cfg.dtype))
+        self.skip_linear = _dense((2, d), d, (None, "embed", None), rngs, jnp.dtype(cfg.dtype), init=cfg.init)
         self.skip_norm = LayerNorm(d, eps=EPS, rngs=rngs)
         self.block = Block(cfg, rngs=rngs)
 
@@ -260,9 +275,9 @@ class OutBlock(nnx.Module):
 class TimeMlp(nnx.Module):
     """diffusers' TimestepEmbedding(D, 4D, out_dim=D): Linear -> SiLU -> Linear."""
 
-    def __init__(self, d: int, *, rngs: nnx.Rngs, dtype=None):
-        self.fc1 = _dense(d, 4 * d, ("embed", "mlp"), rngs, dtype)
-        self.fc2 = _dense(4 * d, d, ("mlp", "embed"), rngs, dtype)
+    def __init__(self, d: int, *, rngs: nnx.Rngs, dtype=None, init: str = "reference"):
+        self.fc1 = _dense(d, 4 * d, ("embed", "mlp"), rngs, dtype, init=init)
+        self.fc2 = _dense(4 * d, d, ("mlp", "embed"), rngs, dtype, init=init)
 
     def __call__(self, x):
         return self.fc2(jax.nn.silu(self.fc1(x)))
@@ -280,12 +295,13 @@ class UViT(nnx.Module):
         conv_init = torch_default_uniform(patch_dim)  # a Conv2d in the reference: _init_weights skips it
         self.img_in = Dense(patch_dim, d, axes=("patch", "embed"), kernel_init=conv_init, bias_init=conv_init,
                             rngs=rngs, dtype=dtype)
-        self.clip_img_in = _dense(cfg.clip_img_dim, d, (None, "embed"), rngs, dtype)
-        self.text_in = _dense(cfg.text_dim, d, (None, "embed"), rngs, dtype)
-        self.t_img_embed = TimeMlp(d, rngs=rngs, dtype=dtype) if cfg.use_timestep_embedding else None
-        self.t_text_embed = TimeMlp(d, rngs=rngs, dtype=dtype) if cfg.use_timestep_embedding else None
+        self.clip_img_in = _dense(cfg.clip_img_dim, d, (None, "embed"), rngs, dtype, init=cfg.init)
+        self.text_in = _dense(cfg.text_dim, d, (None, "embed"), rngs, dtype, init=cfg.init)
+        self.t_img_embed = TimeMlp(d, rngs=rngs, dtype=dtype, init=cfg.init) if cfg.use_timestep_embedding else None
+        self.t_text_embed = TimeMlp(d, rngs=rngs, dtype=dtype, init=cfg.init) if cfg.use_timestep_embedding else None
         n_pos = 2 + cfg.num_text_tokens + 1 + cfg.num_patches  # every token but the data-type one
-        self.pos_embed = param(TRUNC_NORMAL, (n_pos, d), (None, "embed"), rngs)
+        pos_init = TRUNC_NORMAL if cfg.init == "reference" else xavier_uniform(1, 1)
+        self.pos_embed = param(pos_init, (n_pos, d), (None, "embed"), rngs)
         if cfg.use_data_type_embedding:  # torch nn.Embedding's N(0, 1); its position starts at 0
             self.data_type_embed = param(nnx.initializers.normal(1.0), (2, d), ("classes", "embed"), rngs)
             self.data_type_pos = param(nnx.initializers.zeros_init(), (d,), ("embed",), rngs)
@@ -296,9 +312,9 @@ class UViT(nnx.Module):
         self.mid_block = Block(cfg, rngs=rngs)
         self.out_blocks = make_stack(lambda r: OutBlock(cfg, rngs=r), half, rngs, scan=cfg.scan_layers) if half else None
         self.norm_out = LayerNorm(d, eps=EPS, rngs=rngs)
-        self.img_out = _dense(d, p * p * cfg.out_channels, ("embed", "patch"), rngs, dtype)
-        self.clip_img_out = _dense(d, cfg.clip_img_dim, ("embed", None), rngs, dtype)
-        self.text_out = _dense(d, cfg.text_dim, ("embed", None), rngs, dtype)
+        self.img_out = _dense(d, p * p * cfg.out_channels, ("embed", "patch"), rngs, dtype, init=cfg.init)
+        self.clip_img_out = _dense(d, cfg.clip_img_dim, ("embed", None), rngs, dtype, init=cfg.init)
+        self.text_out = _dense(d, cfg.text_dim, ("embed", None), rngs, dtype, init=cfg.init)
 
     # ---- inputs -------------------------------------------------------------------------------
     def _check_inputs(self, img, clip_img, text, t_img, t_text, data_type):
