@@ -43,7 +43,7 @@ from unigen.diffusion.objective import per_example, split_keys
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
 from unigen.unidiffuser import IMAGE, TEXT, Layout, ModeSampler, TextPCA, multi_timestep_losses, nearest
-from unigen.unidiffuser.objective import TIME_WEIGHTINGS, check_weighting
+from unigen.unidiffuser.objective import TIME_WEIGHTINGS, check_objective, check_weighting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,17 +134,11 @@ class UniDiffuserTask(Task):
             self.process = diffusion_process(cfg.diffusion, learn_sigma=False)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if cfg.diffusion.kind == "flow":
-            if self.opts.time_weighting != "uniform" or self.opts.min_snr_gamma is not None:
-                raise ConfigError(f"config.unidiffuser.time_weighting={self.opts.time_weighting!r} / min_snr_gamma="
-                                  f"{self.opts.min_snr_gamma!r}: noise-prediction weightings; over a flow the time "
-                                  f"sampling (config.diffusion.time_sampling) weighs the noise levels: set 'uniform' "
-                                  f"and None")
-            if self.process.direction_weight:
-                raise ConfigError("config.diffusion.direction_weight: the multi-timestep objective has no "
-                                  "velocity-direction term; set 0")
-        elif self.process.learned_variance():
-            raise ConfigError("config.diffusion: UniDiffuser predicts noise only (no learned variance)")
+        try:
+            check_objective(self.process, self.opts.time_weighting, self.opts.min_snr_gamma)
+        except ValueError as e:
+            section = "diffusion" if str(e).startswith("direction_weight") else "unidiffuser"
+            raise ConfigError(f"config.{section}.{e}") from None
         self.encoder_name = (cfg.get("text") or {}).get("encoder", "")
         if not isinstance(self.encoder_name, str) or not self.encoder_name:
             raise ConfigError("config.text.encoder is empty: name a text encoder folder or 'all-MiniLM-L6-v2'")

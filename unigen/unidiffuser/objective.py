@@ -70,6 +70,21 @@ def time_weight(diffusion: GaussianDiffusion, t, time_weighting: str = "uniform"
     return w
 
 
+def check_objective(diffusion, time_weighting: str = "uniform", min_snr_gamma: float | None = None) -> None:
+    """ValueError naming the option this process cannot take in the multi-timestep objective."""
+    if isinstance(diffusion, RectifiedFlow):
+        if time_weighting != "uniform" or min_snr_gamma is not None:
+            raise ValueError(f"time_weighting={time_weighting!r}, min_snr_gamma={min_snr_gamma!r}: noise-prediction "
+                             f"weightings; over a rectified flow its time sampling (time_sampling) weighs the noise "
+                             f"levels: use 'uniform' and None")
+        if diffusion.direction_weight:
+            raise ValueError(f"direction_weight={diffusion.direction_weight}: the multi-timestep objective has no "
+                             f"velocity-direction term; set 0")
+    elif diffusion.learned_variance():
+        raise ValueError("the multi-timestep objective predicts noise only: build the GaussianDiffusion with "
+                         "learn_sigma=False")
+
+
 def condition_times(process) -> tuple[float, float]:
     """The model times of a clean condition and of a modality replaced by pure noise: (0, T) for the
     Gaussian diffusion (diffusers' max_timestep = num_timesteps), (model_time(0), model_time(1))
@@ -108,17 +123,8 @@ def multi_timestep_losses(diffusion: GaussianDiffusion | RectifiedFlow, network:
     (UniDiffuser's 77 x 64 text against a 4 x 64 x 64 latent) weighs as much as a large one.
     Over a RectifiedFlow the targets are the velocities (time weighting "uniform" only)."""
     check_weighting(weighting)
+    check_objective(diffusion, time_weighting, min_snr_gamma)
     flow = isinstance(diffusion, RectifiedFlow)
-    if flow:
-        if time_weighting != "uniform" or min_snr_gamma is not None:
-            raise ValueError(f"time_weighting={time_weighting!r}, min_snr_gamma={min_snr_gamma!r}: over a rectified "
-                             f"flow the time weighting is the flow's time sampling; use 'uniform' and None")
-        if diffusion.direction_weight:
-            raise ValueError(f"direction_weight={diffusion.direction_weight}: the multi-timestep objective has no "
-                             f"velocity-direction term; set 0")
-    elif diffusion.learned_variance():
-        raise ValueError("the multi-timestep objective predicts noise only: build the GaussianDiffusion with "
-                         "learn_sigma=False")
     names = sorted(x0)
     n = next(iter(x0[names[0]])).shape[0]
     keys = dict(zip(names, split_keys(rng, len(names))))
