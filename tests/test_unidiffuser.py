@@ -119,6 +119,48 @@ def test_multi_timestep_loss_over_a_flow_predicts_velocities_at_independent_leve
         multi_timestep_losses(flow, _linear_net, x0, jax.random.PRNGKey(0), time_weighting="v")
 
 
+@pytest.mark.parametrize("kind", ["flow", "gaussian"])
+def test_endpoint_prob_trains_at_the_modes_condition_times(kind):
+    from unigen.diffusion import RectifiedFlow
+    from unigen.unidiffuser.objective import condition_times
+    process = (RectifiedFlow.create("logit_normal", time_scale=1000.0) if kind == "flow"
+               else GaussianDiffusion.create(T, "scaled_linear", learn_sigma=False))
+    t_clean, t_noise = condition_times(process)
+    n = 400
+    x0 = _x0(n)
+    keys = jax.random.split(jax.random.PRNGKey(3), n)
+    base = multi_timestep_losses(process, _linear_net, x0, keys)
+    seen, spy = _spy()
+    out = multi_timestep_losses(process, spy, x0, keys, endpoint_prob=0.25)
+    np.testing.assert_array_equal(np.asarray(multi_timestep_losses(process, _linear_net, x0, keys, endpoint_prob=0.0)["loss"]),
+                                  np.asarray(base["loss"]))  # 0 draws what the paper's objective draws
+    per_modality = {}
+    for m in (IMAGE, TEXT):
+        t = np.asarray(seen["times"][m], np.float64)
+        clean, pure = t == t_clean, t == t_noise
+        per_modality[m] = clean, pure
+        assert 0.18 < clean.mean() < 0.32 and 0.18 < pure.mean() < 0.32, (m, clean.mean(), pure.mean())
+        for c, z in zip(x0[m], seen["parts"][m]):
+            np.testing.assert_array_equal(np.asarray(z)[clean], np.asarray(c)[clean])  # the condition as it is
+            middle = ~(clean | pure)
+            assert np.all(np.abs(np.asarray(z)[middle] - np.asarray(c)[middle]) > 0)
+        # a clean modality is a condition: nothing to predict, no loss
+        assert np.all(np.asarray(out[f"mse_{m}"])[clean] == 0) and np.all(np.asarray(out[f"mse_{m}"])[~clean] > 0)
+    # pure noise keeps its target: the velocity eps - x0 (flow) or eps, from the input eps itself
+    (c_img, p_img), (c_txt, p_txt) = per_modality[IMAGE], per_modality[TEXT]
+    both = p_img & c_txt
+    assert both.any()
+    sq = 0.0
+    for c, z in zip(x0[IMAGE], seen["parts"][IMAGE]):
+        eps, clean_part = np.asarray(z)[both], np.asarray(c)[both]
+        target = eps - clean_part if kind == "flow" else eps
+        sq = sq + ((0.5 * eps + t_noise / T - target) ** 2).reshape(both.sum(), -1).sum(1)
+    np.testing.assert_allclose(np.asarray(out["mse_image"])[both] * 19, sq, rtol=1e-4)
+    for bad in (-0.1, 0.6, True, "0.1"):
+        with pytest.raises(ValueError, match="endpoint_prob"):
+            multi_timestep_losses(process, _linear_net, x0, keys, endpoint_prob=bad)
+
+
 # ---------------------------------------------------------------- the modes
 def test_layout_pack_unpack_roundtrip():
     x0 = _x0(3)
@@ -402,6 +444,28 @@ def test_bad_configs_fail_before_compiling(tmp_path):
         build(unidiffuser_config(enc, **{"unidiffuser.weighting": "sum"}))
     with pytest.raises(ConfigError, match="time_weighting"):
         build(unidiffuser_config(enc, **{"unidiffuser.time_weighting": "snr"}))
+    with pytest.raises(ConfigError, match="unidiffuser.endpoint_prob"):
+        build(unidiffuser_config(enc, **{"unidiffuser.endpoint_prob": 0.7}))
     cfg = unidiffuser_config(enc, **{"sample.clip_denoised": True})
     with pytest.raises(ConfigError, match="clip_denoised"):
         build(cfg).task.generator(cfg.sample, None)
+
+
+def test_a_run_written_before_endpoint_prob_resumes_only_with_its_value(tmp_path):
+    """Work dirs from before `unidiffuser.endpoint_prob` (and `model.init`) existed trained with 0
+    (and the reference init): the same values resume them, others are refused."""
+    import json
+    from unigen.errors import CheckpointError
+    from unigen.training import checkpoint as ckpt_lib
+    from unigen.training.config import to_json
+    from unigen.training.loop import _check_same_run
+    cfg = unidiffuser_config("enc", **{"model.init": "reference"})
+    old = json.loads(to_json(cfg))
+    del old["unidiffuser"]["endpoint_prob"], old["model"]["init"]
+    ckpt_lib.save_config(str(tmp_path), json.dumps(old))
+    _check_same_run(str(tmp_path), cfg)
+    with pytest.raises(CheckpointError, match="endpoint_prob"):
+        _check_same_run(str(tmp_path), unidiffuser_config("enc", **{"model.init": "reference",
+                                                                     "unidiffuser.endpoint_prob": 0.1}))
+    with pytest.raises(CheckpointError, match="model.init"):
+        _check_same_run(str(tmp_path), unidiffuser_config("enc", **{"model.init": "xavier"}))

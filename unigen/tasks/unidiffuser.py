@@ -43,7 +43,7 @@ from unigen.diffusion.objective import per_example, split_keys
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
 from unigen.unidiffuser import IMAGE, TEXT, Layout, ModeSampler, TextPCA, multi_timestep_losses, nearest
-from unigen.unidiffuser.objective import TIME_WEIGHTINGS, check_objective, check_weighting
+from unigen.unidiffuser.objective import TIME_WEIGHTINGS, check_endpoint_prob, check_objective, check_weighting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,7 @@ class UniDiffuserOptions:
     text_samples: int = 1000        # marginal-text samples in the evaluation
     time_weighting: str = "uniform"  # "uniform" (the paper's) or "v" (unigen/unidiffuser/objective.py)
     min_snr_gamma: float | None = None  # None, or Min-SNR-gamma's cap on the nearly clean steps
+    endpoint_prob: float = 0.0      # per modality: P(clean) = P(pure noise), the modes' condition times
 
     @classmethod
     def from_config(cls, cfg) -> "UniDiffuserOptions":
@@ -80,6 +81,10 @@ class UniDiffuserOptions:
         g = opts.min_snr_gamma
         if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or g <= 0):
             raise ConfigError(f"config.unidiffuser.min_snr_gamma={g!r}: None (uniform) or a number > 0 (e.g. 5)")
+        try:
+            check_endpoint_prob(opts.endpoint_prob)
+        except ValueError as e:
+            raise ConfigError(f"config.unidiffuser.{e}") from None
         if opts.data_type not in (0, 1):
             raise ConfigError(f"config.unidiffuser.data_type={opts.data_type!r}: 0 or 1")
         for mode, scale in opts.cfg_scales:
@@ -257,7 +262,7 @@ class UniDiffuserTask(Task):
         losses = multi_timestep_losses(self.process, self.network(model),
                                        {IMAGE: (x, clip_img.astype(x.dtype)), TEXT: (text.astype(x.dtype),)}, k_loss,
                                        weighting=self.opts.weighting, time_weighting=self.opts.time_weighting,
-                                       min_snr_gamma=self.opts.min_snr_gamma)
+                                       min_snr_gamma=self.opts.min_snr_gamma, endpoint_prob=self.opts.endpoint_prob)
         return losses["loss"].mean(), {k: v.mean() for k, v in losses.items()}
 
     # ---- sampling -----------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", 
                     "model.remat", "model.attention_backend", "imports", "train.cpu_custom_vjps",
                     "train.async_checkpointing")
 # Fields added after work dirs were first written, with the value an older run had.
-INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": []}
+INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": [], "model.init": "reference",
+              "unidiffuser.endpoint_prob": 0.0}
 
 
 class TrainingDiverged(UnigenError, RuntimeError):

@@ -70,6 +70,13 @@ def time_weight(diffusion: GaussianDiffusion, t, time_weighting: str = "uniform"
     return w
 
 
+def check_endpoint_prob(prob) -> float:
+    if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 0.5:
+        raise ValueError(f"endpoint_prob={prob!r}: a probability in [0, 0.5] (each of clean and pure noise; "
+                         f"0 = the paper's draws only)")
+    return float(prob)
+
+
 def check_objective(diffusion, time_weighting: str = "uniform", min_snr_gamma: float | None = None) -> None:
     """ValueError naming the option this process cannot take in the multi-timestep objective."""
     if isinstance(diffusion, RectifiedFlow):
@@ -94,9 +101,13 @@ def condition_times(process) -> tuple[float, float]:
     return 0.0, float(process.num_timesteps)
 
 
-def _noised(process, x0_parts, key, n):
-    """(training times (B,): integer t or sigma, model times (B,), noisy parts, targets) of one modality."""
+def _noised(process, x0_parts, key, n, endpoint_prob: float = 0.0):
+    """(training times (B,): integer t or sigma, model times (B,), noisy parts, targets, loss weights
+    (B,)) of one modality."""
     k_t, k_noise = split_keys(key)
+    k_end = None
+    if endpoint_prob:  # a key of its own, so that endpoint_prob=0 draws exactly what it always did
+        k_t, k_end = split_keys(k_t)
     parts = tuple(x0_parts)
     part_keys = split_keys(k_noise, len(parts)) if len(parts) > 1 else (k_noise,)
     noise = tuple(per_example(k, n, lambda kk, p=p: jax.random.normal(kk, p.shape[1:], jnp.float32))
@@ -105,15 +116,43 @@ def _noised(process, x0_parts, key, n):
         sigma = per_example(k_t, n, lambda k: process.sample_sigma(k, 1)[0])
         noisy = tuple(process.interpolate(p, sigma.astype(p.dtype), e.astype(p.dtype)) for p, e in zip(parts, noise))
         targets = tuple(process.velocity_target(p.astype(jnp.float32), e) for p, e in zip(parts, noise))
-        return sigma, process.model_time(sigma), noisy, targets
-    t = per_example(k_t, n, lambda k: jax.random.randint(k, (), 0, process.num_timesteps))
-    noisy = tuple(process.q_sample(p, t, e.astype(p.dtype)) for p, e in zip(parts, noise))
-    return t, process.model_timesteps(t), noisy, noise
+        t, model_t = sigma, process.model_time(sigma)
+    else:
+        t = per_example(k_t, n, lambda k: jax.random.randint(k, (), 0, process.num_timesteps))
+        noisy = tuple(process.q_sample(p, t, e.astype(p.dtype)) for p, e in zip(parts, noise))
+        targets, model_t = noise, process.model_timesteps(t)
+    if endpoint_prob:
+        return _at_endpoints(process, parts, noise, (t, model_t, noisy, targets), k_end, n, endpoint_prob)
+    return t, model_t, noisy, targets, jnp.ones((n,), jnp.float32)
+
+
+def _at_endpoints(process, parts, noise, drawn, key, n, prob):
+    """Moves each example, with probability `prob` each, to the two ends the modes evaluate the
+    network at: the modality clean at the clean-condition time (a condition: its loss weight is 0,
+    there is no noise in it to predict) or replaced by pure noise at the pure-noise time (the
+    marginal modes and the guidance's unconditional branch; its target is kept: the velocity
+    eps - x0 or the noise eps). Over a logit-normal flow these ends are otherwise almost never
+    drawn (sigma > 0.95 with probability 0.002)."""
+    t, model_t, noisy, targets = drawn
+    u = per_example(key, n, lambda k: jax.random.uniform(k, ()))
+    clean, pure = u < prob, u >= 1.0 - prob
+    t_clean, t_noise = condition_times(process)
+    model_t = jnp.where(clean, t_clean, jnp.where(pure, t_noise, model_t)).astype(model_t.dtype)
+    if isinstance(process, RectifiedFlow):
+        t = jnp.where(clean, 0.0, jnp.where(pure, 1.0, t)).astype(t.dtype)
+    else:  # the last training step stands for pure noise in the time weighting
+        t = jnp.where(clean, 0, jnp.where(pure, process.num_timesteps - 1, t)).astype(t.dtype)
+
+    def pick(c, z, e):
+        shape = (n,) + (1,) * (z.ndim - 1)
+        return jnp.where(clean.reshape(shape), c.astype(z.dtype), jnp.where(pure.reshape(shape), e.astype(z.dtype), z))
+    noisy = tuple(pick(p, z, e) for p, z, e in zip(parts, noisy, noise))
+    return t, model_t, noisy, targets, jnp.where(clean, 0.0, 1.0).astype(jnp.float32)
 
 
 def multi_timestep_losses(diffusion: GaussianDiffusion | RectifiedFlow, network: MultiModalNetwork, x0: dict, rng, *,
                           weighting: str = "joint", time_weighting: str = "uniform",
-                          min_snr_gamma: float | None = None) -> dict:
+                          min_snr_gamma: float | None = None, endpoint_prob: float = 0.0) -> dict:
     """Per-example losses (B,) of eq. 5: dict(loss, mse_<modality> for each modality).
 
     x0 maps modality name -> tuple of clean parts (B, ...); `rng` is one key or one key per
@@ -121,16 +160,23 @@ def multi_timestep_losses(diffusion: GaussianDiffusion | RectifiedFlow, network:
     "joint" is the paper's: the squared norm over the concatenation of all parts divided by its
     size; "per_modality" averages each modality's mean squared error, so a small modality
     (UniDiffuser's 77 x 64 text against a 4 x 64 x 64 latent) weighs as much as a large one.
-    Over a RectifiedFlow the targets are the velocities (time weighting "uniform" only)."""
+    Over a RectifiedFlow the targets are the velocities (time weighting "uniform" only).
+
+    endpoint_prob > 0 (not in the paper) also trains at exactly the times the sampling modes use
+    for a condition: per example and modality, with this probability the modality is clean and
+    with the same probability it is pure noise (`_at_endpoints`); a clean modality's loss and
+    mse_<modality> count 0."""
     check_weighting(weighting)
+    endpoint_prob = check_endpoint_prob(endpoint_prob)
     check_objective(diffusion, time_weighting, min_snr_gamma)
     flow = isinstance(diffusion, RectifiedFlow)
     names = sorted(x0)
     n = next(iter(x0[names[0]])).shape[0]
     keys = dict(zip(names, split_keys(rng, len(names))))
-    noisy, t, model_t, target = {}, {}, {}, {}
+    noisy, t, model_t, target, mask = {}, {}, {}, {}, {}
     for name in names:
-        t[name], model_t[name], noisy[name], target[name] = _noised(diffusion, x0[name], keys[name], n)
+        t[name], model_t[name], noisy[name], target[name], mask[name] = _noised(diffusion, x0[name], keys[name], n,
+                                                                                endpoint_prob)
     out = network(noisy, model_t)
     sq, size, metrics = {}, {}, {}
     for name in names:
@@ -144,10 +190,10 @@ def multi_timestep_losses(diffusion: GaussianDiffusion | RectifiedFlow, network:
                                  f"shape {e.shape}")
             pred = diffusion.velocity(pred) if flow else pred
             sums.append(jnp.sum(jnp.square(pred.astype(jnp.float32) - e).reshape(n, -1), axis=1))
-        w = 1.0 if flow else time_weight(diffusion, t[name], time_weighting, min_snr_gamma)
+        w = mask[name] if flow else mask[name] * time_weight(diffusion, t[name], time_weighting, min_snr_gamma)
         sq[name] = sum(sums) * w
         size[name] = sum(e[0].size for e in target[name])
-        metrics[f"mse_{name}"] = sum(sums) / size[name]
+        metrics[f"mse_{name}"] = sum(sums) * mask[name] / size[name]
     if weighting == "joint":
         loss = sum(sq.values()) / sum(size.values())
     else:
