@@ -421,14 +421,54 @@ def test_sampler_errors_and_determinism(tiny_run):
     np.testing.assert_allclose(a[:2], b, rtol=1e-5, atol=1e-5)  # a sample depends on (key, index) only
 
 
+@pytest.mark.parametrize("embedding", ["tokens", "anchor"])
+def test_clip_img_is_the_encoders_embedding_standardised_the_same_in_training_and_sampling(tmp_path, embedding):
+    """clip_img = the frozen LZN encoder's anchor, or a PCA (training split) of its flattened token
+    states, standardised per dimension on the training split; the loss and the i2t condition agree."""
+    _minilm()
+    import unigen
+    from unigen.training.build import build
+    enc_path = _tiny_lzn(tmp_path / "lzn")
+    task = build(unidiffuser_config(enc_path, **{"unidiffuser.clip_embedding": embedding})).task
+    encoder = unigen.from_pretrained(enc_path, component="encoder")
+    x, _ = task.images("train")
+    z = task.embed_images(x)
+    assert z.shape == (len(x), 8)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-4)
+    if embedding == "anchor":
+        raw = np.asarray(encoder(jnp.asarray(x)), np.float64)
+        want = (raw - raw.mean(0)) / raw.std(0)
+    else:  # the top 8 principal components of the 16 x 16 token states, by an eigendecomposition
+        raw = np.asarray(encoder.tokens(jnp.asarray(x)), np.float64).reshape(len(x), -1)
+        raw -= raw.mean(0)
+        _, vecs = np.linalg.eigh(raw.T @ raw)
+        want = raw @ vecs[:, ::-1][:, :8]
+        want /= want.std(0)
+        z = z * np.sign((z * want).sum(0))  # a component's sign is a convention
+    np.testing.assert_allclose(z, want, atol=2e-3)
+    # the training loss's clip_img, from the frozen tree, is the same map
+    from flax import nnx
+    frozen = task.frozen(0)
+    assert ("clip_projection" in frozen) == (embedding == "tokens")
+    model = nnx.merge(task.clip_encoder[0], frozen["clip_encoder"])
+    in_loss = task._standardise(task._raw_embedding(model, jnp.asarray(x[:5])), frozen)
+    np.testing.assert_allclose(np.asarray(in_loss), task.embed_images(x[:5]), atol=1e-5)
+
+
 def test_bad_configs_fail_before_compiling(tmp_path):
     _minilm()
     from unigen.errors import ConfigError
     from unigen.training.build import build
     from unigen.training.loop import train
     enc = _tiny_lzn(tmp_path / "lzn")
-    with pytest.raises(ConfigError, match="clip_img_dim=8"):
-        train(unidiffuser_config(enc, **{"model.clip_img_dim": 16}), str(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="clip_img_dim=8"):  # the anchor fills the slot as it is
+        train(unidiffuser_config(enc, **{"model.clip_img_dim": 16, "unidiffuser.clip_embedding": "anchor"}),
+              str(tmp_path / "a"), progress=False)
+    with pytest.raises(ConfigError, match="clip_img_dim <= 256"):  # 16 tokens x 16 to reduce
+        train(unidiffuser_config(enc, **{"model.clip_img_dim": 300}), str(tmp_path / "a2"), progress=False)
+    with pytest.raises(ConfigError, match="unidiffuser.clip_embedding"):
+        build(unidiffuser_config(enc, **{"unidiffuser.clip_embedding": "pooled"}))
     with pytest.raises(ConfigError, match="num_text_tokens=12"):
         build(unidiffuser_config(enc, **{"model.num_text_tokens": 10}))
     with pytest.raises(ConfigError, match="text_dim"):
@@ -458,13 +498,17 @@ def test_a_run_written_before_endpoint_prob_resumes_only_with_its_value(tmp_path
     from unigen.training import checkpoint as ckpt_lib
     from unigen.training.config import to_json
     from unigen.training.loop import _check_same_run
-    cfg = unidiffuser_config("enc", **{"model.init": "reference"})
+    cfg = unidiffuser_config("enc", **{"model.init": "reference", "unidiffuser.clip_embedding": "anchor"})
     old = json.loads(to_json(cfg))
-    del old["unidiffuser"]["endpoint_prob"], old["model"]["init"]
+    del old["unidiffuser"]["endpoint_prob"], old["model"]["init"], old["unidiffuser"]["clip_embedding"]
     ckpt_lib.save_config(str(tmp_path), json.dumps(old))
     _check_same_run(str(tmp_path), cfg)
+    with pytest.raises(CheckpointError, match="clip_embedding"):
+        _check_same_run(str(tmp_path), unidiffuser_config("enc", **{"model.init": "reference"}))
     with pytest.raises(CheckpointError, match="endpoint_prob"):
         _check_same_run(str(tmp_path), unidiffuser_config("enc", **{"model.init": "reference",
+                                                                     "unidiffuser.clip_embedding": "anchor",
                                                                      "unidiffuser.endpoint_prob": 0.1}))
     with pytest.raises(CheckpointError, match="model.init"):
-        _check_same_run(str(tmp_path), unidiffuser_config("enc", **{"model.init": "xavier"}))
+        _check_same_run(str(tmp_path), unidiffuser_config("enc", **{"model.init": "xavier",
+                                                                     "unidiffuser.clip_embedding": "anchor"}))

@@ -44,7 +44,7 @@ RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", 
                     "train.async_checkpointing")
 # Fields added after work dirs were first written, with the value an older run had.
 INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": [], "model.init": "reference",
-              "unidiffuser.endpoint_prob": 0.0}
+              "unidiffuser.endpoint_prob": 0.0, "unidiffuser.clip_embedding": "anchor"}
 
 
 class TrainingDiverged(UnigenError, RuntimeError):
