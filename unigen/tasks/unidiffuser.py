@@ -228,26 +228,23 @@ class UniDiffuserTask(Task):
         return split_arrays(self.cfg, split)
 
     @functools.cached_property
-    def clip_projection(self) -> np.ndarray | None:
-        """(D, clip_img_dim): the PCA directions of the token states (training split), or None for
-        the anchor, which fills the slot as it is."""
-        if self.opts.clip_embedding == "anchor":
-            return None
-        z = self._embed_raw(self.images("train")[0])
-        dim = self.model_cfg.clip_img_dim
-        if dim > len(z):
-            raise ConfigError(f"config.model.clip_img_dim={dim}: a PCA of {len(z)} training images gives at most "
-                              f"{len(z)} components")
-        return TextPCA.fit(z[:, None, :], np.ones((len(z), 1), bool), dim).components.T.copy()
-
-    @functools.cached_property
-    def clip_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std per dimension of the (reduced) embeddings of the training split."""
-        z = self._embed_raw(self.images("train")[0])
-        if self.clip_projection is not None:
-            z = z @ self.clip_projection
+    def _clip_constants(self) -> dict:
+        """The frozen map from raw embeddings to clip_img, fitted on the training split (encoded
+        once): "clip_projection" (D, clip_img_dim), the token states' PCA directions (absent for
+        the anchor, which fills the slot as it is, so its runs keep the frozen tree they were
+        written with), then "clip_mean" / "clip_std" per dimension of the (reduced) embeddings."""
+        z = self._embed_raw(self.images("train")[0])  # loads and checks the encoder before anything compiles
+        out = {}
+        if self.opts.clip_embedding == "tokens":
+            dim = self.model_cfg.clip_img_dim
+            if dim > len(z):
+                raise ConfigError(f"config.model.clip_img_dim={dim}: a PCA of {len(z)} training images gives at "
+                                  f"most {len(z)} components")
+            out["clip_projection"] = TextPCA.fit(z[:, None, :], np.ones((len(z), 1), bool), dim).components.T.copy()
+            z = z @ out["clip_projection"]
         z = z.astype(np.float64)
-        return z.mean(0).astype(np.float32), np.maximum(z.std(0), 1e-6).astype(np.float32)
+        out["clip_mean"], out["clip_std"] = z.mean(0).astype(np.float32), np.maximum(z.std(0), 1e-6).astype(np.float32)
+        return out
 
     @functools.cached_property
     def _encode_fn(self):
@@ -273,18 +270,11 @@ class UniDiffuserTask(Task):
         want = (self.cfg.data.image_size, self.cfg.data.image_size, self.cfg.data.channels)
         if images.ndim != 4 or images.shape[1:] != want:
             raise ValueError(f"images of shape {images.shape}: expected (N, {', '.join(map(str, want))}) in [-1, 1]")
-        return np.asarray(self._standardise(self._embed_raw(images), self._clip_constants()))
-
-    def _clip_constants(self) -> dict:
-        mean, std = self.clip_statistics  # loads and checks the encoder before anything compiles
-        out = {"clip_mean": mean, "clip_std": std}
-        if self.clip_projection is not None:  # the anchor's runs keep the frozen tree they were written with
-            out["clip_projection"] = self.clip_projection
-        return out
+        return np.asarray(self._standardise(self._embed_raw(images), self._clip_constants))
 
     def frozen(self, seed):
         return {"clip_encoder": self.clip_encoder[1], "text_table": jnp.asarray(self.text_table),
-                **{k: jnp.asarray(v) for k, v in self._clip_constants().items()}}
+                **{k: jnp.asarray(v) for k, v in self._clip_constants.items()}}
 
     # ---- data and loss ----------------------------------------------------------------------------
     def dataset(self, split, *, batch_size, seed, shard, shards):
