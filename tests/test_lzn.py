@@ -111,7 +111,9 @@ def test_save_and_load_with_nested_scanned_blocks(tmp_path):
     x = jax.random.uniform(jax.random.PRNGKey(2), (3, 8, 8, 1), minval=-1, maxval=1)
     np.testing.assert_allclose(loaded.encoder(x), model.encoder(x), atol=2e-5)
     z, t, y = model.encoder(x), jnp.array([1.0, 300.0, 900.0]), jnp.array([0, 3, 9])
-    np.testing.assert_allclose(loaded(x, t, z, y), model(x, t, z, y), atol=2e-5)
+    # The scanned and unrolled layouts fuse differently: float32 rounding, relative to outputs of
+    # magnitude ~10 (a 4.6e-5 difference at 11.0 was seen once).
+    np.testing.assert_allclose(loaded(x, t, z, y), model(x, t, z, y), rtol=1e-5, atol=2e-5)
     assert unigen.from_pretrained(str(tmp_path / "lzn"), component="encoder").cfg.latent_dim == 8
     with pytest.warns(UserWarning, match="no reference images"):
         clf = unigen.from_pretrained(str(tmp_path / "lzn"), component="classifier")

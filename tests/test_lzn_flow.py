@@ -18,6 +18,8 @@ import pytest
 
 from unigen import lzn
 
+from fake_devices import fake_devices_env
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -318,7 +320,7 @@ def test_sharded_batch_matches_single_device():
     5e-3 of their scale of the float64 ones (measured ~4e-4, as on one device: the
     Euler start at t_min = 1e-4 holds the noise to ~1e-3 in float32; before the nearest-anchor
     pivot in `log_posterior` the sharded float32 gradients were off by 1e5)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = fake_devices_env(8, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fake_devices import fake_devices_env
+
 CHECKS = Path(__file__).with_name("parallel_checks.py")
 ROOT = CHECKS.parent.parent
 TIMEOUT = 420  # a hung collective must fail the test, not block CI
@@ -26,8 +28,7 @@ def free_port() -> int:
 
 
 def env(devices: int) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_PLATFORMS="cpu")
+    return fake_devices_env(devices, JAX_PLATFORMS="cpu")
 
 
 def result_of(stdout: str) -> dict:

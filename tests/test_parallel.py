@@ -24,6 +24,8 @@ from jax.sharding import PartitionSpec as P
 
 from unigen import parallel as par
 
+from fake_devices import fake_devices_env
+
 CHECKS = Path(__file__).with_name("parallel_checks.py")
 ROOT = CHECKS.parent.parent
 RUNS = [
@@ -35,8 +37,7 @@ RUNS = [
 
 
 def run_checks(devices: int, *args: str, timeout: int = 600) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+    env = fake_devices_env(devices, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(CHECKS), *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]

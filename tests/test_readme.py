@@ -68,8 +68,10 @@ def _run(words, cwd):
     while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):  # leading VAR=value assignments
         key, value = words.pop(0).split("=", 1)
         env[key] = value
-    if any(w.startswith("--config.mesh.") and not w.endswith("=1") for w in words) and "XLA_FLAGS" not in env:
-        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # a multi-GPU command, on fake devices
+    if (any(w.startswith("--config.mesh.") and not w.endswith("=1") for w in words)
+            and "device_count" not in env.get("XLA_FLAGS", "")):
+        # a multi-GPU command, on fake devices (beside the session's flags, tests/conftest.py)
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
     if "--workdir" in words:  # an absolute work dir (a cluster's shared disk) goes to the scratch folder
         i = words.index("--workdir") + 1
         if os.path.isabs(words[i]):

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from fake_devices import fake_devices_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dit_digits.py")
 TINY = ["--config.model.depth=2", "--config.model.hidden_size=32", "--config.model.num_heads=2",
@@ -228,7 +230,7 @@ def test_imagenet_config_builds_and_runs_one_step(tmp_path):
 
 @pytest.mark.slow
 def test_cli_trains_fsdp_on_eight_fake_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = fake_devices_env(8)
     cmd = _train_cmd(tmp_path / "fsdp", 3, 3) + ["--config.mesh.fsdp=8", "--config.mesh.rules=fsdp",
                                                  "--config.model.hidden_size=64", "--config.model.num_heads=4"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
