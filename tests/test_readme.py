@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from fake_devices import fake_devices_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_TRAIN = ["--config.train.steps=2", "--config.train.checkpoint_every=2", "--config.train.sample_every=0",
                "--config.eval.at_end=False", "--config.train.batch_size=16", "--no-progress"]
@@ -70,8 +72,7 @@ def _run(words, cwd):
         env[key] = value
     if (any(w.startswith("--config.mesh.") and not w.endswith("=1") for w in words)
             and "device_count" not in env.get("XLA_FLAGS", "")):
-        # a multi-GPU command, on fake devices (beside the session's flags, tests/conftest.py)
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+        env = fake_devices_env(8, env)  # a multi-GPU command, on fake devices
     if "--workdir" in words:  # an absolute work dir (a cluster's shared disk) goes to the scratch folder
         i = words.index("--workdir") + 1
         if os.path.isabs(words[i]):
