@@ -19,6 +19,17 @@ def test_pyproject_lists_every_package():
     assert listed == found, f"add to pyproject.toml: {sorted(found - listed)}; remove: {sorted(listed - found)}"
 
 
+def test_distribution_is_unigen_jax_and_imports_as_unigen():
+    # The name `unigen` on the package index belongs to an unrelated project.
+    import importlib.metadata as md
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["name"] == "unigen-jax" and {"Homepage", "Source", "Issues"} <= set(project["urls"])
+    assert "unigen-jax" in md.packages_distributions().get("unigen", []), "pip install -e . again after a rename"
+    urls = md.metadata("unigen-jax").get_all("Project-URL")
+    assert any(u.startswith("Source, ") for u in urls), urls
+
+
 def test_no_import_cycles_between_subpackages():
     import ast
     # unigen/<sub>/... and kernels/ (as unigen_kernels): an edge per import, lazy ones included.
