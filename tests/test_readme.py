@@ -1,7 +1,9 @@
-"""Every command the README shows runs as written, in a quick mode: the same command line with
-overrides that make it small (a 2-step tiny model, a few sampling steps), in a scratch folder.
-Multi-device commands run on 8 fake CPU devices."""
+"""Every command the README and the family pages (docs/*.md) show runs as written, in a quick mode:
+the same command line with overrides that make it small (a 2-step tiny model, a few sampling
+steps), in one scratch folder, page after page in PAGES order (later pages use earlier work dirs:
+runs/digits, runs/lzn_repr, runs/vavae, runs/rae). Multi-device commands run on 8 fake CPU devices."""
 
+import glob
 import os
 import re
 import shlex
@@ -49,13 +51,31 @@ QUICK_SAMPLE = ["--steps", "2"]
 QUICK_BENCH = {"lzn_generation.py": ["--quick", "--no-progress"], "vavae_alignment.py": ["--quick", "--no-progress"]}
 
 
-def readme_commands() -> list[list[str]]:
-    """The shell commands of the README's bash blocks (continuations joined, `&&` split), with
-    installs, test runs and launcher prefixes (srun ...) left out."""
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
+# The pages whose bash blocks run, in this order: a page's commands may use the work dirs of the
+# pages before it (the main job's runs/digits; the LZN representation encoder runs/lzn_repr, which
+# the tokenizers and UniDiffuser take as a frozen part).
+PAGES = ("README.md", "docs/dit_digits.md", "docs/text_to_image.md", "docs/lzn.md", "docs/latent_diffusion.md",
+         "docs/rae.md", "docs/unidiffuser.md", "docs/multi_gpu.md", "docs/library.md")
+
+
+def _bash_blocks(page: str) -> list[str]:
+    with open(os.path.join(ROOT, page)) as f:
+        return re.findall(r"```bash\n(.*?)```", f.read(), re.S)
+
+
+def test_every_page_with_commands_is_in_the_run_order():
+    pages = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    unlisted = [p for p in pages if _bash_blocks(p) and p not in PAGES]
+    assert not unlisted, f"{unlisted} show bash commands: add them to PAGES in tests/test_readme.py, after the pages " \
+                         f"whose work dirs they use"
+    assert all(os.path.exists(os.path.join(ROOT, p)) for p in PAGES)
+
+
+def readme_commands(pages=PAGES) -> list[list[str]]:
+    """The shell commands of the pages' bash blocks (continuations joined, `&&` split), page by page
+    in `pages` order, with installs, test runs and launcher prefixes (srun ...) left out."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+    for block in (b for page in pages for b in _bash_blocks(page)):
         for line in block.replace("\\\n", " ").splitlines():
             for part in line.split("&&"):
                 words = shlex.split(part, comments=True)
@@ -104,3 +124,14 @@ def test_readme_library_snippet_runs():
     scope = {}
     exec(compile(snippet, "README.md", "exec"), scope)
     assert scope["out"].shape == (2, 32, 32, 4) and scope["latents"].shape == (2, 32, 32, 4)
+
+
+def test_readme_is_a_short_front_page():
+    """The README stays a five-minute read; results and how-to details live on the family pages."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    assert len(text.splitlines()) < 200
+    assert '<!-- test-command -->\n```bash\npip install -e ".[data,test]" && pytest' in text  # read by .ci/run
+    assert 'pip install -e ".[data]" && python train/train.py --config configs/dit_digits.py' in text
+    for page in PAGES[1:]:
+        assert f"]({page})" in text, f"the README links no {page}"

@@ -1,6 +1,10 @@
 """Train the evaluation classifier on the digits *train* split only; write its weights.
 
-    python -m unigen.eval.train_classifier [--out unigen/eval/digits_classifier.npz]
+    python -m unigen.eval.train_classifier [--out digits_classifier.npz]
+
+The weights go to `--out` (default: `digits_classifier.npz` in the current folder). The shipped
+weights that the evaluation reads (unigen/eval/digits_classifier.npz) are replaced only when
+`--out` names that file explicitly: a retraining never changes the evaluation by accident.
 
 Deterministic (fixed seeds; CPU). Augmentation: random shifts of up to 1 pixel (pad with
 background -1, crop 8x8), since the 8x8 digits are not perfectly centred; label smoothing
@@ -11,6 +15,7 @@ accuracy on the held-out test split at the end (the test split is never trained 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -21,6 +26,8 @@ from flax import nnx
 
 from unigen.data.digits import digits_arrays
 from unigen.eval.classifier import WEIGHTS, DigitsClassifier, flat_params, pretrained
+
+DEFAULT_OUT = "digits_classifier.npz"  # in the current folder: never the shipped file unless asked
 
 
 def to_unit(images_uint8: np.ndarray) -> np.ndarray:
@@ -72,12 +79,22 @@ def train(epochs: int = 100, batch_size: int = 64, lr: float = 2e-3, seed: int =
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=WEIGHTS)
+    ap.add_argument("--out", default=None,
+                    help=f"where to write the weights (.npz; default {DEFAULT_OUT} in the current folder; "
+                         f"{WEIGHTS} replaces the shipped ones)")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_OUT
+        if os.path.abspath(args.out) == os.path.abspath(WEIGHTS):  # run from inside unigen/eval
+            ap.error(f"the default --out would replace the shipped weights {WEIGHTS}: pass --out {WEIGHTS} "
+                     f"to do that on purpose, or another path")
+    if not args.out.endswith(".npz"):
+        ap.error(f"--out {args.out!r} must end with .npz")
     t0 = time.time()
     model = train(epochs=args.epochs, seed=args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **flat_params(model))
     pretrained.cache_clear()  # a later classify() in this process sees the new weights
     test = digits_arrays("test")

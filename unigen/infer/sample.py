@@ -156,7 +156,7 @@ def _sample(args) -> int:
             raise ConfigError(f"--prompt: {e}") from None
         images = generate(cond, len(prompts), args.seed, label="sample")
         np.savez_compressed(args.out, images=images.astype(np.float32), prompts=prompts)
-        save_grid(png, images, rows=len(args.prompt))
+        save_grid(png, images, rows=len(args.prompt), labels=args.prompt)
     elif args.protocol:
         if not hasattr(task, "protocol_samples"):
             raise ConfigError(f"--protocol: task {task.name!r} has no evaluation protocol")
@@ -171,7 +171,7 @@ def _sample(args) -> int:
         np.savez_compressed(args.out, images=images.astype(np.float32), seed=seeds, **extra)
         rows = list(range(num_classes)) if classes is None else classes
         order = np.concatenate([np.flatnonzero(labels == c)[:args.per_class] for c in rows])
-        save_grid(png, images[order], rows=len(rows))
+        save_grid(png, images[order], rows=len(rows), labels=rows)
     else:
         shown = classes if classes is not None else list(range(num_classes))
         cond, num, rows = task.grid(args.per_class, classes=shown if labelled else None)
@@ -180,7 +180,7 @@ def _sample(args) -> int:
         if labelled:
             arrays["labels"] = np.repeat(np.asarray(shown, np.int32), args.per_class)
         np.savez_compressed(args.out, **arrays)
-        save_grid(png, images, rows=rows)
+        save_grid(png, images, rows=rows, labels=task.grid_labels(args.per_class, classes=shown if labelled else None))
     print(f"wrote {args.out} ({len(images)} samples, {gen.sampler} {gen.steps} steps) and {png}")
     return 0
 
@@ -256,7 +256,7 @@ def _sample_mode(args, task, generate, png, how) -> int:
     out = generate(cond, num, args.seed, label=mode, mode=mode)
     if "img" in out:
         arrays["images"] = out["img"].astype(np.float32)
-        save_grid(png, out["img"], rows=rows or max(1, int(np.sqrt(num))))
+        save_grid(png, out["img"], rows=rows or max(1, int(np.sqrt(num))), labels=args.prompt if rows else None)
     if "text" in out:
         captions, digits, _ = task.read_captions(out["text"])
         arrays.update(text=out["text"].astype(np.float32), captions=captions, digits=digits)

@@ -102,6 +102,11 @@ class Task:
         """(conditions, number of samples, rows) for a sample grid."""
         return {}, per_row * 4, 4
 
+    def grid_labels(self, per_row: int, classes=None) -> list[str] | None:
+        """What each row of `grid(per_row, classes)` was asked for (a class id, a prompt), written at
+        its left in the PNG; None = rows without labels."""
+        return None
+
     def generator(self, sample_cfg, graphdef, **kwargs):
         """The sampler for grids, evaluation and infer/sample.py: `Generator.from_config` by default
         (kwargs: mesh=, rules=, and overrides such as steps=). A task whose network is not called

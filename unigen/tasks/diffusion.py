@@ -141,13 +141,20 @@ class DiffusionTask(Task):
 
     def grid(self, per_row, classes=None):
         """One row per class (at most 16, evenly spread, for 1000-class data sets)."""
-        num_classes = self.cfg.data.num_classes
         if not self.labelled:
             return {}, 4 * per_row, 4
-        if classes is None:
-            classes = np.unique(np.linspace(0, num_classes - 1, min(num_classes, 16)).astype(int))
+        classes = self._grid_classes(classes)
         labels = np.repeat(np.asarray(classes, np.int32), per_row)
         return self.conditions_for_labels(labels), len(labels), len(classes)
+
+    def grid_labels(self, per_row, classes=None):
+        return [str(c) for c in self._grid_classes(classes)] if self.labelled else None
+
+    def _grid_classes(self, classes):
+        if classes is not None:
+            return classes
+        num_classes = self.cfg.data.num_classes
+        return np.unique(np.linspace(0, num_classes - 1, min(num_classes, 16)).astype(int))
 
     def protocol_samples(self, generate, *, num_samples: int, seeds):
         """The evaluation protocol's samples (unigen.eval): per seed, `num_samples` labels with the

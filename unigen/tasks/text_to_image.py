@@ -120,8 +120,12 @@ class TextToImageTask(DiffusionTask):
 
     def grid(self, per_row, classes=None):
         """One row per digit, each prompted with a held-out caption."""
-        classes = list(range(10)) if classes is None else list(classes)
-        labels = np.asarray(classes, np.int64)
-        ids = self.captions.held_out_ids[labels, labels % self.captions.held_out_ids.shape[1]]
-        ids = np.repeat(ids, per_row)
-        return {"context": self.tokens[ids], "pooled": self.pooled[ids]}, len(ids), len(classes)
+        ids = np.repeat(self._grid_caption_ids(classes), per_row)
+        return {"context": self.tokens[ids], "pooled": self.pooled[ids]}, len(ids), len(ids) // per_row
+
+    def grid_labels(self, per_row, classes=None):
+        return [self.captions.captions[i] for i in self._grid_caption_ids(classes)]  # each row's prompt
+
+    def _grid_caption_ids(self, classes):
+        labels = np.asarray(list(range(10)) if classes is None else list(classes), np.int64)
+        return self.captions.held_out_ids[labels, labels % self.captions.held_out_ids.shape[1]]

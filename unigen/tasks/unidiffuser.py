@@ -358,6 +358,9 @@ class UniDiffuserTask(Task):
         labels = np.repeat(np.asarray(classes, np.int64), per_row)
         return self.conditions_for_labels(labels), len(labels), len(classes)
 
+    def grid_labels(self, per_row, classes=None):
+        return [str(c) for c in (range(10) if classes is None else classes)]  # the digit its prompts name
+
     # ---- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, generate, workdir, model=None):
         from unigen.eval import classify, eval_labels, report

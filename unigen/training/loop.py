@@ -269,4 +269,5 @@ def _progress(start, total, enabled):
 def _sample_grid(cfg, task, generator, states, path, main_process):
     cond, num, rows = task.grid(cfg.sample.per_class)
     images = task.decode_samples(generator(states, cond, jax.random.PRNGKey(cfg.seed + 1), num=num, batch_size=num))
-    return save_grid(path, images, rows=rows) if main_process else None
+    labels = task.grid_labels(cfg.sample.per_class)
+    return save_grid(path, images, rows=rows, labels=labels) if main_process else None
