@@ -10,6 +10,9 @@ Dispatch, in order:
   * other registered folders (a unigen training work dir: its latest EMA parameters);
   * a diffusers pipeline folder: `subfolder=` names the component (`transformer`, `unet`, `vae`,
     `text_encoder`); without it, the one component folder a registered loader reads.
+A hub repo id `"org/name"` (any string that is no existing path and has that shape) is read
+from the local Hugging Face hub cache, else downloaded when the network allows (unigen/hub.py):
+`revision=` picks a branch, tag or commit hash; `subfolder=` is then a folder (or file) of the repo.
 `component=` returns one part of a composite model (an LZN work dir: "encoder" or
 "classifier", unigen/models/lzn.py). `overrides` change runtime options of the returned
 module (`scan_layers`, `remat`, `attention_backend`, `dtype`, ...), never the architecture
@@ -26,6 +29,7 @@ import os
 from unigen.convert import registry
 from unigen.convert.unigen_format import CONFIG_FILE, load_pretrained, save_pretrained
 from unigen.convert.weights import WeightError
+from unigen.hub import resolve
 
 PIPELINE_COMPONENTS = ("transformer", "unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 
@@ -62,33 +66,32 @@ def _config_loader(folder: str):
     return what, lambda **overrides: load(folder, config, **overrides)
 
 
-def from_pretrained(path: str, *, subfolder: str | None = None, component: str | None = None, **overrides):
-    """Load a model from `path` (see the module docstring). Returns an `nnx.Module`.
-    `component` picks a part of a composite model (an LZN: "encoder", "classifier", ...)."""
-    model = _load(path, subfolder=subfolder, **overrides)
+def from_pretrained(path: str, *, subfolder: str | None = None, revision: str | None = None,
+                    component: str | None = None, **overrides):
+    """Load a model from `path`, a local path or a hub repo id (see the module docstring). Returns
+    an `nnx.Module`. `component` picks a part of a composite model (an LZN: "encoder", "classifier", ...)."""
+    source = resolve(path, subfolder=subfolder, revision=revision)  # the local file or folder
+    model = _load(source, **overrides)
     if component is None:
         return model
     pick = getattr(model, "component", None)
     if pick is None:
         raise WeightError(f"{path}: a {type(model).__name__} has no components; drop component={component!r}")
-    source = os.path.expanduser(os.fspath(path))
     try:  # the task-side arrays (e.g. a classifier's reference images), read only if asked for
         return pick(component, task_frozen=lambda: registry.task_frozen(source))
     except ValueError as e:
         raise WeightError(f"{path}: {e}") from None
 
 
-def _load(path: str, *, subfolder: str | None = None, **overrides):
-    path = os.path.expanduser(os.fspath(path))
-    if subfolder:
-        path = os.path.join(path, subfolder)
+def _load(path: str, **overrides):
+    """A model from an existing local file or folder."""
     if os.path.isfile(path):
         found = registry.file_loader(path)
         if found is None:
             raise WeightError(f"{path}: unknown weight file type; known: {registry.known_sources()}")
         return found[1](path, **overrides)
     if not os.path.isdir(path):
-        raise WeightError(f"no file or folder at {path}" + (f" (subfolder={subfolder!r})" if subfolder else ""))
+        raise WeightError(f"no file or folder at {path}")
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         return load_pretrained(path, **overrides)
     found = _config_loader(path)

@@ -10,9 +10,11 @@ import sys
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m unigen.convert", description=__doc__)
-    parser.add_argument("src", help="official DiT .pt/.safetensors, diffusers folder, or unigen folder")
+    parser.add_argument("src", help="official DiT .pt/.safetensors, diffusers folder, unigen folder, "
+                                    "or hub repo id org/name")
     parser.add_argument("dst", help="output folder (unigen format)")
     parser.add_argument("--subfolder", default=None, help="a pipeline folder's component, e.g. transformer")
+    parser.add_argument("--revision", default=None, help="a hub id's branch, tag or commit hash (default main)")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="head count, for an official checkpoint of non-standard width")
     args = parser.parse_args(argv)
@@ -20,7 +22,7 @@ def main(argv=None):
     from unigen.errors import UnigenError
 
     try:
-        model = unigen.from_pretrained(args.src, subfolder=args.subfolder,
+        model = unigen.from_pretrained(args.src, subfolder=args.subfolder, revision=args.revision,
                                        **({} if args.num_heads is None else {"num_heads": args.num_heads}))
         unigen.save_pretrained(model, args.dst)
     except UnigenError as e:  # expected failures: one line; anything else keeps its traceback

