@@ -2,7 +2,8 @@
 unigen AutoencoderKL (unigen/tokenizers/autoencoder_kl.py).
 
 config.json maps field by field onto AutoencoderKLConfig; options unigen's VAE does not have
-(another activation or block type, per-channel latent statistics) are refused by name. Every
+(another activation or block type, per-channel latent statistics) are refused by name, and so is a
+float16 load of a VAE whose config says `force_upcast` (diffusers' pipelines run it in float32). Every
 weight key is read exactly once, and each tensor's shape is checked against what config.json
 implies before anything is built, so a folder whose weights and config.json disagree fails
 naming the tensor, both shapes and the config fields to correct. The attention keys are
@@ -63,9 +64,16 @@ def diffusers_config(config: dict, **overrides: Any) -> AutoencoderKLConfig:
     except (ValueError, TypeError) as e:
         raise WeightError(f"config.json does not describe a valid AutoencoderKL: {e}") from None
     try:  # runtime options (dtype, remat) are the caller's
-        return dataclasses.replace(cfg, **overrides).validate()
+        cfg = dataclasses.replace(cfg, **overrides).validate()
     except (ValueError, TypeError) as e:
         raise ConfigError(f"from_pretrained overrides: {e}") from None
+    # diffusers' pipelines run a float16 VAE whose config says force_upcast in float32 (the SD / SDXL / SD3 / Flux
+    # VAEs overflow in float16); unigen does not change a requested dtype behind the caller's back, so it refuses.
+    if f["force_upcast"] and cfg.dtype == "float16":
+        raise ConfigError("from_pretrained(dtype='float16'): this VAE's config.json field 'force_upcast' is true (it "
+                          "overflows in float16; diffusers upcasts it to float32); load it with dtype='float32' or "
+                          "'bfloat16'")
+    return cfg
 
 
 class _Reader:

@@ -17,6 +17,10 @@ accepted and skipped. Every other key is read exactly once, each shape is checke
 config.json implies (the message names the tensor, both shapes and the config.json fields to
 fix), and leftover keys are an error naming them.
 
+config.json is read as released (tests/released_configs/encoders/): the fields transformers' model ignores
+(training, backbone outputs, bookkeeping `_*` keys) are accepted whatever their values; the fields it uses map
+onto Dinov2Config, and a value unigen cannot honour fails naming the field.
+
 For other converters (RAE's frozen encoder): `dinov2_config(config_dict, **fields)` and
 `build_dinov2(state_dict, cfg, prefix="encoder.")`; with `layernorm_affine=False` the final
 LayerNorm must have no weight/bias in the state dict (RAE strips them).
@@ -64,6 +68,11 @@ _IGNORED = {
     "initializer_range", "apply_layernorm", "out_features", "out_indices", "reshape_hidden_states", "stage_names",
     "use_mask_token",
 }
+# How the position table is resized at another grid. Only drafts of transformers' registers model read these
+# (released transformers hard-codes antialias by model type and has no offset); a file that carries them is read
+# when they say what unigen does, and refused by name otherwise.
+_INTERPOLATION = {"interpolate_antialias": {"dinov2": False, "dinov2_with_registers": True},
+                  "interpolate_offset": {"dinov2": 0.0, "dinov2_with_registers": 0.0}}
 # Dinov2Config field -> the config.json field it comes from (for error messages)
 _JSON_NAME = {ours: theirs for theirs, (ours, _, _) in _FIELDS.items()}
 
@@ -86,7 +95,9 @@ def dinov2_config(config: dict, **fields) -> Dinov2Config:
         raise WeightError(f"config.json model_type {model_type!r} is not DINOv2; unigen's Dinov2 reads "
                           f"{', '.join(f'{t!r} ({c})' for t, c in MODEL_TYPES.items())}")
     allowed = {k for k, (_, _, d) in _FIELDS.items() if not (isinstance(d, dict) and d[model_type] is None)}
-    unknown = sorted(k for k in config if k not in allowed and k not in _IGNORED and k != "head_dim")
+    # `_`-prefixed keys are bookkeeping (`_name_or_path`, `_commit_hash`, ...), never architecture
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in allowed and k not in _IGNORED
+                     and k not in _INTERPOLATION and k != "head_dim")
     if unknown:
         raise WeightError(f"config.json fields {unknown} are options unigen's DINOv2 ({MODEL_TYPES[model_type]}) "
                           f"does not have; supported: {sorted(allowed)}")
@@ -97,6 +108,12 @@ def dinov2_config(config: dict, **fields) -> Dinov2Config:
         if not isinstance(value, kinds) or isinstance(value, bool) != (kinds is bool):
             raise WeightError(f"config.json field {key!r} = {value!r} has the wrong type")
         values[name] = _square(key, value) if key in ("patch_size", "image_size") else value
+    for key, wanted in _INTERPOLATION.items():
+        value = config.get(key, wanted[model_type])
+        if value != wanted[model_type] or isinstance(value, bool) != isinstance(wanted[model_type], bool):
+            raise WeightError(f"config.json field {key!r} = {value!r}: unigen's DINOv2 resizes the position table as "
+                              f"transformers' {MODEL_TYPES[model_type]} does ({key} = {wanted[model_type]!r}); "
+                              f"another value is not supported")
     head_dim = config.get("head_dim")
     if head_dim is not None and head_dim * values["num_heads"] != values["hidden_size"]:
         raise WeightError(f"config.json field 'head_dim' = {head_dim!r}: unigen's DINOv2 needs head_dim = "

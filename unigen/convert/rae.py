@@ -9,7 +9,9 @@ zeros / ones, or the reference's (C, h, w) statistics), and `decoder.*`: `decode
 layernorm_after, intermediate.dense, output.dense}`, `decoder_norm`, `decoder_pred`. The fixed
 `decoder.decoder_pos_embed` is not stored (recomputed; ignored if present). diffusers builds the
 encoder with 64-wide heads, 4 registers and a 518px position table; only encoder_type "dinov2"
-is supported (SigLIP2 and MAE encoders are refused by name). Every other key is read once.
+is supported (SigLIP2 and MAE encoders are refused by name, before any weight is read). config.json's
+`latents_mean` / `latents_std` lists only shape diffusers' buffers (the stored buffers hold the values), so their
+shapes must agree. Every other key is read once.
 """
 
 from __future__ import annotations
@@ -58,12 +60,17 @@ def _nhwc_stats(value: np.ndarray, name: str, channels: int) -> tuple[str, np.nd
     raise WeightError(f"{name} has shape {value.shape}: expected (1,), (C,), (C, 1, 1) or (C, h, w) with C = {channels}")
 
 
-def rae_config(f: dict, latent_stats: str, **overrides: Any) -> RAEConfig:
+def refuse_unsupported(f: dict) -> None:
+    """The config.json fields diffusers uses that unigen's RAE cannot honour (checked before any weight is read)."""
     if f["encoder_type"] != "dinov2":
         raise WeightError(f"config.json field 'encoder_type' = {f['encoder_type']!r}: unigen's RAE reads DINOv2 "
                           f"encoders only (not SigLIP2 or MAE)")
     if not f["reshape_to_2d"]:
         raise WeightError("config.json field 'reshape_to_2d' = False: unigen's RAE latents are (B, h, w, C) grids")
+
+
+def rae_config(f: dict, latent_stats: str, **overrides: Any) -> RAEConfig:
+    refuse_unsupported(f)
     width = f["encoder_hidden_size"]
     if width % HEAD_DIM:
         raise WeightError(f"config.json field 'encoder_hidden_size' = {width}: diffusers' encoder uses {HEAD_DIM}-wide "
@@ -115,6 +122,10 @@ def _decoder(src: StateDict, cfg: RAEConfig, dst: dict) -> None:
 @register_diffusers("AutoencoderRAE")
 def load_diffusers_rae(folder: str, config: dict, **overrides) -> RAE:
     f = read_config_fields(config, _FIELDS, "AutoencoderRAE")
+    try:
+        refuse_unsupported(f)
+    except WeightError as e:
+        raise WeightError(f"{folder}: {e}") from None
     sd = read_folder_weights(folder)
     c = f["num_channels"]
     name = f"{folder}: diffusers AutoencoderRAE"
@@ -122,7 +133,14 @@ def load_diffusers_rae(folder: str, config: dict, **overrides) -> RAE:
     for key in ("_latents_mean", "_latents_std"):
         if key not in sd:
             raise WeightError(f"{name}: missing buffer {key!r}")
-        modes[key], stats[key] = _nhwc_stats(sd.pop(key), f"{name}: {key}", f["encoder_hidden_size"])
+        buffer = sd.pop(key)
+        # diffusers builds the buffer from config.json's list, then loads the stored one over it: the values come
+        # from the weights, but a list of another shape makes diffusers' load fail
+        said = f[key[1:]]
+        if said is not None and np.shape(said) != np.shape(buffer):
+            raise WeightError(f"{name}: config.json field {key[1:]!r} has shape {np.shape(said)} but the stored "
+                              f"buffer {key!r} has {np.shape(buffer)}; correct config.json")
+        modes[key], stats[key] = _nhwc_stats(buffer, f"{name}: {key}", f["encoder_hidden_size"])
     if stats["_latents_mean"].shape != stats["_latents_std"].shape:
         raise WeightError(f"{name}: _latents_mean {stats['_latents_mean'].shape} and _latents_std "
                           f"{stats['_latents_std'].shape} differ in shape")
