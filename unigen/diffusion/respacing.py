@@ -12,6 +12,8 @@ Accepted specs (same meaning as improved-diffusion's `space_timesteps`):
   "10,15,20"     T split into 3 near-equal sections, strided to 10, 15, 20 steps
   [10, 15, 20]   the same as a list of ints
   "ddim50"       the DDIM paper's integer stride: range(0, T, k) with exactly 50 entries
+  "at:0,250,500" exactly these timesteps (a released scheduler's own grid, e.g. diffusers'
+                 "leading" spacing with a steps_offset, which no stride rule above yields)
 """
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ def space_timesteps(num_timesteps: int, spec: str | Sequence[int] | None) -> lis
     """Sorted list of original timesteps kept by `spec` (see module docstring)."""
     if spec is None or (isinstance(spec, str) and spec.strip() == ""):
         return list(range(num_timesteps))
+    if isinstance(spec, str) and spec.startswith("at:"):
+        try:
+            kept = sorted({int(part) for part in spec[3:].split(",")})
+        except ValueError:
+            raise ValueError(f"timestep_respacing={spec!r}: expected 'at:T1,T2,...' with integer timesteps") from None
+        if kept[0] < 0 or kept[-1] >= num_timesteps:
+            raise ValueError(f"timestep_respacing={spec!r}: timesteps must lie in 0..{num_timesteps - 1}")
+        return kept
     if isinstance(spec, str) and spec.startswith("ddim"):
         try:
             wanted = int(spec[len("ddim"):])

@@ -5,7 +5,16 @@ sampler settings of its config; any model kind and task, including ones register
 outside unigen through `config.imports`) or a DiT from any `unigen.from_pretrained` path
 (`--pretrained`, sampled with the DiT Gaussian diffusion). Writes FILE.npz with `images`
 (N, H, W, C) in [-1, 1] and `labels` (N,) for class-conditional models, and FILE.png, a grid
-with one row per class.
+with one row per class. Classes: `--class 207 --class 360` (repeatable) and/or `--classes 207,360`.
+
+A diffusers DiT pipeline folder (`model_index.json`, transformer/, vae/, scheduler/, as
+facebook/DiT-XL-2-256) given to `--pretrained` samples like diffusers' DiTPipeline
+(unigen/pipelines/dit.py: its scheduler_config.json's DDIM or DPM-Solver++, guidance
+`--cfg-scale` (default 4.0), `--steps` (default 50), `--sampler ddim|dpm_solver_2m` to read the
+scheduler config as the other class) and decodes through its VAE (`--vae PATH` overrides or
+supplies one): `images` are the decoded pixels in [-1, 1] (the pipeline's [0, 1] output x 2 - 1),
+with `labels`; FILE.png labels each row with its class id (and id2label name), and
+FILE_images/ holds one PNG per sample.
 
 Text-to-image work dirs take prompts: `--prompt "a handwritten 7" --prompt "..." --per-prompt K`
 writes `images` and `prompts` (N,) with a grid row per prompt; `--protocol` prompts with the
@@ -31,7 +40,8 @@ def _parse(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="a unigen training work dir")
-    src.add_argument("--pretrained", help="any path unigen.from_pretrained reads (a DiT)")
+    src.add_argument("--pretrained", help="any path unigen.from_pretrained reads (a DiT), or a diffusers DiT "
+                                          "pipeline folder (model_index.json)")
     p.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class (per grid row)")
     p.add_argument("--prompt", action="append", default=None,
@@ -43,6 +53,10 @@ def _parse(argv):
                    help="an image to caption (--mode i2t): a file, or test:0-9 / test:3,5 (test-split indices)")
     p.add_argument("--num", type=int, default=16, help="samples of --mode joint / image / text")
     p.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
+    p.add_argument("--class", dest="class_ids", action="append", type=int, default=None,
+                   help="a class id (repeatable; joins --classes); one grid row each")
+    p.add_argument("--vae", default=None, help="a pipeline folder's VAE: replaces or supplies its vae/ "
+                                               "(any AutoencoderKL path unigen.from_pretrained reads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm_solver_2m | euler | heun")
     p.add_argument("--steps", type=int, default=None, help="sampling steps")
@@ -104,6 +118,14 @@ def _sample(args) -> int:
         raise ConfigError("--prompt and --protocol exclude each other (the protocol has its own prompts)")
     if args.image is not None and args.mode != "i2t":
         raise ConfigError("--image is the condition of --mode i2t")
+    classes = _class_ids(args)
+    if args.pretrained:
+        from unigen.pipelines import is_pipeline_folder
+        if is_pipeline_folder(args.pretrained):
+            from unigen.infer.sample_pipeline import sample_pipeline
+            return sample_pipeline(args, classes)
+    if args.vae is not None:
+        raise ConfigError("--vae is for a diffusers pipeline folder (--pretrained FOLDER with model_index.json)")
     if args.workdir:
         from unigen.training.build import build, import_plugins
         from unigen.training.checkpoint import is_workdir, load_model_for_inference, read_config
@@ -127,10 +149,6 @@ def _sample(args) -> int:
     except ValueError as e:  # a sampler that does not fit the objective, guidance without a null condition
         raise ConfigError(f"--sampler/--steps/--cfg-scale: {e}") from None
     num_classes = cfg.data.num_classes
-    try:
-        classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
-    except ValueError:
-        raise ConfigError(f"--classes {args.classes!r}: give comma-separated class ids, e.g. 0,5,9") from None
     if classes is not None and [c for c in classes if not 0 <= c < num_classes]:
         raise ConfigError(f"--classes {classes} outside 0..{num_classes - 1}")
 
@@ -183,6 +201,18 @@ def _sample(args) -> int:
         save_grid(png, images, rows=rows, labels=task.grid_labels(args.per_class, classes=shown if labelled else None))
     print(f"wrote {args.out} ({len(images)} samples, {gen.sampler} {gen.steps} steps) and {png}")
     return 0
+
+
+def _class_ids(args) -> list[int] | None:
+    """--classes (comma list) then every --class, in order; None when neither is given."""
+    from unigen.errors import ConfigError
+    try:
+        classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    except ValueError:
+        raise ConfigError(f"--classes {args.classes!r}: give comma-separated class ids, e.g. 0,5,9") from None
+    if args.class_ids:
+        classes = (classes or []) + list(args.class_ids)
+    return classes
 
 
 def _test_indices(spec: str, size: int) -> list[int]:
