@@ -1,5 +1,8 @@
 """Official DiT and diffusers `DiTTransformer2DModel` state dicts -> unigen DiT.
 
+A diffusers folder whose config.json names the legacy `Transformer2DModel` (facebook/DiT-XL-2-256,
+-512) is read as diffusers reads it: by norm_type, "ada_norm_zero" being a DiT (the remap below).
+
 Both sources store torch Linear weights as (out, in); unigen kernels are (in, ...out)
 with heads kept as their own axes (see unigen.nn.layers.Dense). The official fused qkv
 is (3*D, D) with q/k/v outermost, then heads, then head dim (REFERENCES.md).
@@ -13,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from unigen.convert.registry import register_diffusers, register_file
+from unigen.convert.registry import register_diffusers, register_diffusers_remap, register_file
 from unigen.convert.torch_layout import StateDict as _Source, fused_qkv, linear as _linear
 from unigen.convert.weights import WeightError, read_folder_weights, read_weights
 from unigen.errors import ConfigError
@@ -102,14 +105,44 @@ def _field(config: dict, key: str, kind: type, default):
     return value
 
 
+# DiTTransformer2DModel's config.json fields by what diffusers does with them (dit_transformer_2d.py):
+# these shape the network and are read below ...
+_USED = ("num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers", "sample_size",
+         "patch_size", "activation_fn", "num_embeds_ada_norm", "attention_bias", "norm_type",
+         "norm_elementwise_affine", "norm_eps")
+# ... these do not change a forward pass: dropout (inference), attention upcasting (float32 here),
+# norm_num_groups (taken, never read) ...
+_IGNORED = ("dropout", "upcast_attention", "norm_num_groups")
+# ... and these are the legacy `Transformer2DModel`'s (facebook/DiT-XL-2-256's transformer/config.json
+# names that class): diffusers loads such a folder as a DiTTransformer2DModel and drops the old class's
+# fields the new one does not take (ConfigMixin.extract_init_dict), whatever their values.
+_LEGACY_IGNORED = ("cross_attention_dim", "num_vector_embeds", "use_linear_projection", "only_cross_attention",
+                   "double_self_attention", "attention_type", "caption_channels", "interpolation_scale",
+                   "use_additional_conditions")
+
+
+def _refuse(key: str, value, fix: str):
+    raise WeightError(f"config.json field {key!r} = {value!r}: {fix}")
+
+
 def diffusers_config(config: dict, **overrides: Any) -> DiTConfig:
-    """Map a diffusers `DiTTransformer2DModel` config.json onto DiTConfig."""
+    """Map a diffusers `DiTTransformer2DModel` config.json (or a legacy `Transformer2DModel` one with
+    norm_type "ada_norm_zero") onto DiTConfig: a field diffusers uses and unigen cannot honour is
+    refused by name, a field diffusers ignores is ignored."""
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in _USED + _IGNORED + _LEGACY_IGNORED)
+    if unknown:
+        raise WeightError(f"config.json fields {unknown} are not options of diffusers' DiTTransformer2DModel "
+                          f"(nor of the legacy Transformer2DModel); supported: {sorted(_USED + _IGNORED)}")
     norm_type = _field(config, "norm_type", str, "ada_norm_zero")
-    if norm_type != "ada_norm_zero":
-        raise WeightError(f"only norm_type='ada_norm_zero' DiTs are supported, got {norm_type!r}")
+    if norm_type != "ada_norm_zero":  # diffusers raises NotImplementedError for any other
+        _refuse("norm_type", norm_type, "a DiT has adaLN-Zero blocks; only 'ada_norm_zero' is supported")
     activation = _field(config, "activation_fn", str, "gelu-approximate")
     if activation != "gelu-approximate":
-        raise WeightError(f"only activation_fn='gelu-approximate' is supported, got {activation!r}")
+        _refuse("activation_fn", activation, "only 'gelu-approximate' (DiT's tanh GELU) is supported")
+    if not _field(config, "attention_bias", bool, True):  # diffusers: q/k/v Linears without bias
+        _refuse("attention_bias", False, "unigen's DiT has q/k/v biases; only true is supported")
+    if _field(config, "norm_elementwise_affine", bool, False):  # diffusers: an affine LayerNorm before the MLP
+        _refuse("norm_elementwise_affine", True, "unigen's DiT LayerNorms are affine-free; only false is supported")
     heads, head_dim = _field(config, "num_attention_heads", int, 16), _field(config, "attention_head_dim", int, 72)
     in_ch = _field(config, "in_channels", int, 4)
     out_ch = config.get("out_channels") or in_ch
@@ -169,6 +202,12 @@ def load_diffusers(folder: str, config: dict, **overrides):
     except WeightError as e:
         raise WeightError(f"{folder}: {e}") from None
     return build_filled(DiT, cfg, diffusers_to_flat(read_folder_weights(folder), cfg), folder)
+
+
+# diffusers' own legacy-name remapping (`_CLASS_REMAPPING_DICT`): a `Transformer2DModel` folder is a DiT for
+# norm_type "ada_norm_zero" and a PixArt-alpha for "ada_norm_single" (no unigen loader: a clear error).
+register_diffusers_remap("Transformer2DModel", "norm_type", "layer_norm",
+                         {"ada_norm_zero": "DiTTransformer2DModel", "ada_norm_single": "PixArtTransformer2DModel"})
 
 
 def _runtime(overrides: dict, *extra: str) -> dict:

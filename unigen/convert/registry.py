@@ -1,6 +1,8 @@
 """Where `unigen.from_pretrained` looks: loaders registered by source format (docs/design.md §6).
 
   register_diffusers("SD3Transformer2DModel")(load)    # a diffusers folder's config `_class_name`
+  register_diffusers_remap("Transformer2DModel", "norm_type", "layer_norm",   # a legacy class name
+                           {"ada_norm_zero": "DiTTransformer2DModel"})      # resolved by a field
   register_transformers("bert")(load)                  # a transformers folder's config `model_type`
   register_file("official DiT checkpoint", detect)(load)   # a single weight file
   register_folder("unigen training work dir", detect)(load)
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from unigen.errors import WeightError
+
 _DIFFUSERS: dict[str, Callable] = {}
 _TRANSFORMERS: dict[str, Callable] = {}
 _FILES: list[tuple[str, Callable[[str], bool], Callable]] = []
@@ -27,6 +31,27 @@ def register_diffusers(class_name: str):
         _DIFFUSERS[class_name] = load
         return load
     return add
+
+
+def register_diffusers_remap(class_name: str, field: str, default, classes: dict[str, str]):
+    """A legacy diffusers class name that diffusers itself resolves by a config field: folders saved
+    before a family had its own class still name the old one, and diffusers' loader picks the class
+    from `config[field]` (`_CLASS_REMAPPING_DICT` in diffusers/models/model_loading_utils.py; e.g.
+    `Transformer2DModel` with norm_type "ada_norm_zero" is a DiT). The picked class's loader then
+    reads the config as released; a value diffusers does not remap, or a class unigen has no loader
+    for, is an error naming the field, its value and the class."""
+    def load(folder: str, config: dict, **overrides):
+        value = config.get(field, default)
+        target = classes.get(value) if isinstance(value, str) else None
+        if target is None:
+            raise WeightError(f"{folder}: diffusers {class_name} with {field}={value!r} has no unigen loader "
+                              f"(diffusers reads a {class_name} as another class only for {field} in {classes})")
+        loader = _DIFFUSERS.get(target)
+        if loader is None:
+            raise WeightError(f"{folder}: diffusers loads a {class_name} with {field}={value!r} as {target}, "
+                              f"which has no unigen loader; known: {known_sources()}")
+        return loader(folder, config, **overrides)
+    _DIFFUSERS[class_name] = load
 
 
 def register_transformers(model_type: str):

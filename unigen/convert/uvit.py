@@ -1,11 +1,13 @@
 """diffusers `UniDiffuserModel` folders (a model folder, or a UniDiffuser pipeline's `unet/`)
 -> unigen UViT.
 
-config.json maps field by field onto UViTConfig: options unigen's U-ViT does not have
-(cross-attention, AdaLayerNorm, discrete inputs) are refused by name; dropout settings and
-attention upcasting do not change inference in float32 and are ignored. Every weight key is
-read exactly once (`StateDict.finish`). diffusers' in-block i is `in_blocks.<i>`, its out-block
-i (skip join + block) `out_blocks.<i>`, in both the loop and the scanned layout.
+config.json maps field by field onto UViTConfig, each by what diffusers does with it: options
+that change the network and unigen's U-ViT does not have (cross-attention, AdaLayerNorm) are
+refused by name; dropout settings, attention upcasting and fields diffusers takes but does not
+read (num_vector_embeds, num_embeds_ada_norm unless norm_type is "ada_norm", ...) are ignored.
+Every weight key is read exactly once (`StateDict.finish`). diffusers' in-block i is
+`in_blocks.<i>`, its out-block i (skip join + block) `out_blocks.<i>`, in both the loop and the
+scanned layout.
 """
 
 from __future__ import annotations
@@ -32,29 +34,41 @@ _FIELDS = {
     "block_type": (str, "unidiffuser"), "pre_layer_norm": (bool, False), "use_timestep_embedding": (bool, False),
     "norm_elementwise_affine": (bool, True), "use_patch_pos_embed": (bool, False),
     "use_data_type_embedding": (bool, False),
-    # refused unless at diffusers' default (architectures unigen's U-ViT does not have)
-    "cross_attention_dim": (_NONE_INT, None), "only_cross_attention": (bool, False),
-    "norm_type": (str, "layer_norm"), "num_embeds_ada_norm": (_NONE_INT, None),
-    "num_vector_embeds": (_NONE_INT, None),
-    # ignored: training-time dropout, attention upcasting (float32 here), unused by diffusers' U-ViT
+    # read below by what diffusers does with them (modeling_uvit.py)
+    "cross_attention_dim": (_NONE_INT, None), "norm_type": (str, "layer_norm"),
+    "num_embeds_ada_norm": (_NONE_INT, None),
+    # ignored: training-time dropout, attention upcasting (float32 here), and fields diffusers' U-ViT
+    # takes but never reads (num_vector_embeds, use_linear_projection, norm_num_groups) or reads only
+    # with cross-attention (only_cross_attention: attn1 attends to encoder states only when there are
+    # any, and a UniDiffuserModel has none without cross_attention_dim)
     "dropout": ((float, int), 0.0), "upcast_attention": (bool, False), "use_linear_projection": (bool, False),
-    "norm_num_groups": (int, 32), "ff_final_dropout": (bool, True),
+    "norm_num_groups": (int, 32), "ff_final_dropout": (bool, True), "num_vector_embeds": (_NONE_INT, None),
+    "only_cross_attention": (bool, False),
 }
-_REFUSED = {
-    "cross_attention_dim": (None, "cross-attention blocks"), "only_cross_attention": (False, "cross-attention blocks"),
-    "norm_type": ("layer_norm", "AdaLayerNorm blocks"), "num_embeds_ada_norm": (None, "AdaLayerNorm blocks"),
-    "num_vector_embeds": (None, "discrete (vector-quantised) image inputs"),
-}
-_IGNORED = ("dropout", "upcast_attention", "use_linear_projection", "norm_num_groups", "ff_final_dropout")
+_IGNORED = ("dropout", "upcast_attention", "use_linear_projection", "norm_num_groups", "ff_final_dropout",
+            "num_vector_embeds", "only_cross_attention")
+
+
+def _check_norms(fields: dict):
+    """diffusers' blocks use AdaLayerNorm exactly when norm_type == "ada_norm" and num_embeds_ada_norm is
+    set; "ada_norm" or "ada_norm_zero" without it raise in diffusers; every other pair means plain
+    LayerNorms (UniDiffuser-v1's released config has norm_type "layer_norm" with num_embeds_ada_norm 1000)."""
+    norm_type, embeds = fields.pop("norm_type"), fields.pop("num_embeds_ada_norm")
+    if norm_type == "ada_norm" and embeds is not None:
+        raise WeightError(f"config.json field 'norm_type' = 'ada_norm' (with num_embeds_ada_norm = {embeds}): "
+                          f"unigen's U-ViT has no AdaLayerNorm blocks; only LayerNorm ones")
+    if norm_type in ("ada_norm", "ada_norm_zero") and embeds is None:
+        raise WeightError(f"config.json field 'norm_type' = {norm_type!r} needs num_embeds_ada_norm, which is "
+                          f"null (diffusers refuses this config too)")
 
 
 def diffusers_config(config: dict, **overrides: Any) -> UViTConfig:
     """Map a diffusers `UniDiffuserModel` config.json onto UViTConfig."""
     fields = read_config_fields(config, _FIELDS, "U-ViT")
-    for key, (default, what) in _REFUSED.items():
-        if fields.pop(key) != default:
-            raise WeightError(f"config.json field {key!r} = {config[key]!r}: unigen's U-ViT has no {what}; "
-                              f"only {default!r} is supported")
+    if fields.pop("cross_attention_dim") is not None:  # diffusers adds attn2 + norm2 to every block
+        raise WeightError(f"config.json field 'cross_attention_dim' = {config['cross_attention_dim']!r}: unigen's "
+                          f"U-ViT has no cross-attention blocks; only null is supported")
+    _check_norms(fields)
     for key in _IGNORED:
         fields.pop(key)
     for key in ("sample_size", "patch_size", "in_channels"):

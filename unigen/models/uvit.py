@@ -30,7 +30,8 @@ The numbers are those of diffusers' `UniDiffuserModel` (thu-ml/unidiffuser
 Inputs: img NHWC (sample_size, sample_size, in_channels) (diffusers takes NCHW), clip_img
 (B, 1, clip_img_dim) or (B, clip_img_dim), text (B, num_text_tokens, text_dim); t_img, t_text
 scalars or (B,) in diffusers' convention (t = 0 clean, t = 1000 pure noise; the network only
-embeds the number); data_type scalar or (B,) in {0, 1} when `use_data_type_embedding`.
+embeds the number); data_type scalar or (B,) in {0, 1} when `use_data_type_embedding`, else
+accepted and ignored (as diffusers does).
 
 `scan_layers=True` stacks the in-blocks (`in_blocks`) and the out-blocks with their skip joins
 (`out_blocks`) on a leading "layers" axis: the in-blocks run as one `lax.scan` that also
@@ -336,15 +337,15 @@ class UViT(nnx.Module):
             if a.shape[0] != b:
                 raise ValueError(f"{name} has batch size {a.shape[0]} but img has {b}: every modality needs "
                                  f"the same batch size")
-        for name, a in (("t_img", t_img), ("t_text", t_text), ("data_type", data_type)):
+        # data_type is read only with a data-type embedding; without one it is ignored, as diffusers'
+        # UniDiffuserModel.forward ignores it (its pipeline passes it to v0 and v1 alike)
+        used = (("data_type", data_type),) if cfg.use_data_type_embedding else ()
+        for name, a in (("t_img", t_img), ("t_text", t_text)) + used:
             if a is not None and a.shape not in ((), (b,)):
                 raise ValueError(f"{name} must be a scalar or shaped ({b},) (one per example); got {a.shape}")
         if cfg.use_data_type_embedding and data_type is None:
             raise ValueError("this U-ViT has a data-type embedding (use_data_type_embedding=True, UniDiffuser-v1): "
                              "pass data_type, 1 for the weights trained on non-public data, else 0")
-        if not cfg.use_data_type_embedding and data_type is not None:
-            raise ValueError("this U-ViT has no data-type embedding (use_data_type_embedding=False): do not pass "
-                             "data_type")
 
     def _time_token(self, t, embed, b, dtype):
         f = timestep_embedding(jnp.broadcast_to(t, (b,)), self.cfg.hidden_size).astype(dtype)  # [cos, sin]
