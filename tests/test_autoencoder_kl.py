@@ -144,14 +144,18 @@ def test_diffusers_folder_errors(tmp_path, monkeypatch):
     fails("act_fn", act_fn="relu")
     fails("latents_mean", latents_mean=[0.0] * 16)
     fails("up_block_types", up_block_types=["UpDecoderBlock2D"])
-    fails("norm_type", norm_type="spatial")
     fails("norm_num_groups", norm_num_groups=24)
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="architecture"):
         unigen.from_pretrained(str(folder), latent_channels=4)
+    monkeypatch.undo()  # a field AutoencoderKL does not have (diffusers ignores it) loads, with a warning
+    (folder / "config.json").write_text(json.dumps({**config, "norm_type": "spatial"}))
+    with pytest.warns(UserWarning, match="'norm_type'.*ignored"):
+        unigen.from_pretrained(str(folder))
 
 
 # ---------------------------------------------------------------- without torch
+
 def tiny_model(seed=0, **overrides) -> AutoencoderKL:
     """A tiny SD-style AutoencoderKL with every parameter random, built abstractly and filled
     from numpy (eager initialisation compiles op by op)."""

@@ -176,12 +176,15 @@ def test_errors(tmp_path):
             ({"image_size": 20}, r"'embeddings.position_embeddings' has shape \(1, 17, 32\), but .*image_size=20.*"
                                  r"implies \(1, 26, 32\); correct image_size, patch_size, hidden_size"),
             ({"num_hidden_layers": 1}, r"encoder.layer.1.*check num_hidden_layers=1"),
-            ({"num_register_tokens": 4}, r"fields \['num_register_tokens'\] are options"),
             ({"image_size": [16, 24]}, "square"),
             ({"hidden_act": "tanh"}, "hidden_act")):
         config_path.write_text(json.dumps({**good, **change}))
         with pytest.raises(WeightError, match=message):
             unigen.from_pretrained(str(tmp_path / "hf"))
+    # a field transformers' Dinov2Model ignores (the registers count of the other class) loads, with a warning
+    config_path.write_text(json.dumps({**good, "num_register_tokens": 4}))
+    with pytest.warns(UserWarning, match=r"\['num_register_tokens'\] are not options"):
+        assert unigen.from_pretrained(str(tmp_path / "hf")).cfg.num_register_tokens == 0
     config_path.write_text(json.dumps(good))
     with pytest.raises(unigen.errors.ConfigError, match="layernorm_affine"):
         unigen.from_pretrained(str(tmp_path / "hf"), layernorm_affine=False)

@@ -37,7 +37,7 @@ import numpy as np
 from unigen.convert.registry import register_transformers
 from unigen.convert.torch_layout import StateDict
 from unigen.convert.unigen_format import CONFIG_FILE, build_filled, load_pretrained
-from unigen.convert.weights import read_folder_weights
+from unigen.convert.weights import read_folder_weights, warn_unknown_fields
 from unigen.errors import ConfigError, WeightError
 from unigen.tokenizers.dinov2 import RUNTIME_FIELDS, Dinov2, Dinov2Config
 
@@ -96,11 +96,8 @@ def dinov2_config(config: dict, **fields) -> Dinov2Config:
                           f"{', '.join(f'{t!r} ({c})' for t, c in MODEL_TYPES.items())}")
     allowed = {k for k, (_, _, d) in _FIELDS.items() if not (isinstance(d, dict) and d[model_type] is None)}
     # `_`-prefixed keys are bookkeeping (`_name_or_path`, `_commit_hash`, ...), never architecture
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in allowed and k not in _IGNORED
-                     and k not in _INTERPOLATION and k != "head_dim")
-    if unknown:
-        raise WeightError(f"config.json fields {unknown} are options unigen's DINOv2 ({MODEL_TYPES[model_type]}) "
-                          f"does not have; supported: {sorted(allowed)}")
+    warn_unknown_fields(config, allowed | set(_IGNORED) | set(_INTERPOLATION) | {"head_dim"},
+                        f"transformers' {MODEL_TYPES[model_type]}")
     values = {}
     for key in allowed:
         name, kinds, default = _FIELDS[key]

@@ -18,7 +18,7 @@ import numpy as np
 
 from unigen.convert.registry import register_diffusers, register_diffusers_remap, register_file
 from unigen.convert.torch_layout import StateDict as _Source, fused_qkv, linear as _linear
-from unigen.convert.weights import WeightError, read_folder_weights, read_weights
+from unigen.convert.weights import WeightError, read_folder_weights, read_weights, warn_unknown_fields
 from unigen.errors import ConfigError
 from unigen.convert.unigen_format import build_filled
 from unigen.models.dit import DIT_KIND, DIT_SIZES, DiT, DiTConfig, dit_config
@@ -129,10 +129,7 @@ def diffusers_config(config: dict, **overrides: Any) -> DiTConfig:
     """Map a diffusers `DiTTransformer2DModel` config.json (or a legacy `Transformer2DModel` one with
     norm_type "ada_norm_zero") onto DiTConfig: a field diffusers uses and unigen cannot honour is
     refused by name, a field diffusers ignores is ignored."""
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in _USED + _IGNORED + _LEGACY_IGNORED)
-    if unknown:
-        raise WeightError(f"config.json fields {unknown} are not options of diffusers' DiTTransformer2DModel "
-                          f"(nor of the legacy Transformer2DModel); supported: {sorted(_USED + _IGNORED)}")
+    warn_unknown_fields(config, _USED + _IGNORED + _LEGACY_IGNORED, "diffusers' DiTTransformer2DModel")
     norm_type = _field(config, "norm_type", str, "ada_norm_zero")
     if norm_type != "ada_norm_zero":  # diffusers raises NotImplementedError for any other
         _refuse("norm_type", norm_type, "a DiT has adaLN-Zero blocks; only 'ada_norm_zero' is supported")

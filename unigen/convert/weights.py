@@ -7,6 +7,7 @@ Safetensors are read with numpy (no torch). `.pt`/`.pth`/`.bin` files are read w
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Mapping
 
 import jax.numpy as jnp
@@ -18,12 +19,8 @@ from unigen.errors import WeightError
 
 def read_config_fields(config: dict, fields: dict, model: str) -> dict:
     """Each of `fields` (name -> (accepted types, the reference's default)) read from a diffusers
-    config.json dict with its type checked (a bool is accepted only where bool is the type);
-    fields unigen's `model` does not have are refused by name (WeightError)."""
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in fields)
-    if unknown:
-        raise WeightError(f"config.json fields {unknown} are options unigen's {model} does not have; "
-                          f"supported: {sorted(fields)}")
+    config.json dict with its type checked (a bool is accepted only where bool is the type)."""
+    warn_unknown_fields(config, fields, model)
     out = {}
     for key, (kinds, default) in fields.items():
         value = config.get(key, default)
@@ -31,6 +28,16 @@ def read_config_fields(config: dict, fields: dict, model: str) -> dict:
             raise WeightError(f"config.json field {key!r} = {value!r} has the wrong type")
         out[key] = value
     return out
+
+
+def warn_unknown_fields(config: dict, known, model: str) -> None:
+    """diffusers ignores (with a warning) config fields its class does not declare, so a released
+    config.json with such a field loads there; it loads here too, with the same warning. A field
+    that would change the architecture shows as unknown or missing weight keys (`StateDict.finish`)."""
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in known)
+    if unknown:
+        warnings.warn(f"config.json fields {unknown} are not options of {model} and are ignored, as diffusers "
+                      f"ignores them", stacklevel=3)
 
 
 def read_weights(path: str) -> dict[str, np.ndarray]:
