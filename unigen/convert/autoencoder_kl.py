@@ -3,7 +3,7 @@ unigen AutoencoderKL (unigen/tokenizers/autoencoder_kl.py).
 
 config.json maps field by field onto AutoencoderKLConfig; options unigen's VAE does not have
 (another activation or block type, per-channel latent statistics) are refused by name (fields AutoencoderKL
-  does not declare are ignored with a warning, as diffusers ignores them), and so is a
+does not declare are ignored with a warning, as diffusers ignores them), and so is a
 float16 load of a VAE whose config says `force_upcast` (diffusers' pipelines run it in float32). Every
 weight key is read exactly once, and each tensor's shape is checked against what config.json
 implies before anything is built, so a folder whose weights and config.json disagree fails
