@@ -251,3 +251,25 @@ def test_cli_bare_dit_still_samples_with_class_and_classes(folder, tmp_path):
     data = np.load(out)
     assert data["images"].shape == (3, 8, 8, 4)  # latents: a bare DiT has no VAE
     np.testing.assert_array_equal(data["labels"], [1, 5, 7])
+
+
+def test_hub_id_samples_like_the_folder(folder, tmp_path, monkeypatch):
+    # The pipeline as a hub repo in a cache laid out as huggingface_hub lays it out (refs/main ->
+    # snapshots/<commit>/...), offline: `--pretrained org/name` and DiTPipeline.from_pretrained(id)
+    # read that snapshot and sample what the folder samples.
+    from unigen.infer.sample import main
+
+    commit = "c" * 40
+    repo = tmp_path / "hub" / "models--someorg--tiny-dit-pipeline"
+    shutil.copytree(folder[1], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    by_id = DiTPipeline.from_pretrained("someorg/tiny-dit-pipeline")
+    np.testing.assert_array_equal(by_id([207], num_inference_steps=3, seed=1),
+                                  DiTPipeline.from_pretrained(str(folder[1]))([207], num_inference_steps=3, seed=1))
+    out = tmp_path / "id.npz"
+    assert main(["--pretrained", "someorg/tiny-dit-pipeline", "--revision", commit, "--class", "207",
+                 "--per-class", "1", "--steps", "3", "--out", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out)["images"], by_id([207], num_inference_steps=3, seed=0) * 2 - 1, atol=1e-6)

@@ -41,7 +41,8 @@ def _parse(argv):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="a unigen training work dir")
     src.add_argument("--pretrained", help="any path unigen.from_pretrained reads (a DiT), or a diffusers DiT "
-                                          "pipeline folder (model_index.json)")
+                                          "pipeline folder (model_index.json); a hub id org/name too")
+    p.add_argument("--revision", default=None, help="with a hub id: a branch, tag or commit hash (default main)")
     p.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class (per grid row)")
     p.add_argument("--prompt", action="append", default=None,
@@ -120,10 +121,14 @@ def _sample(args) -> int:
         raise ConfigError("--image is the condition of --mode i2t")
     classes = _class_ids(args)
     if args.pretrained:
+        from unigen.hub import resolve
         from unigen.pipelines import is_pipeline_folder
+        args.pretrained = resolve(args.pretrained, revision=args.revision)  # a hub id -> its cached snapshot
         if is_pipeline_folder(args.pretrained):
             from unigen.infer.sample_pipeline import sample_pipeline
             return sample_pipeline(args, classes)
+    if args.revision is not None and not args.pretrained:
+        raise ConfigError("--revision selects a version of a --pretrained hub id")
     if args.vae is not None:
         raise ConfigError("--vae is for a diffusers pipeline folder (--pretrained FOLDER with model_index.json)")
     if args.workdir:

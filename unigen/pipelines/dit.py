@@ -33,6 +33,7 @@ from flax import nnx
 
 from unigen.diffusion.guidance import classifier_free_guidance
 from unigen.errors import ConfigError, WeightError
+from unigen.hub import resolve
 from unigen.models.dit import DiT
 from unigen.pipelines.schedulers import SCHEDULER_OF, Scheduler, read_scheduler
 
@@ -103,12 +104,14 @@ class DiTPipeline:
         self._guided, self._compiled = {}, {}
 
     @classmethod
-    def from_pretrained(cls, path, *, vae=None, scheduler: str | None = None) -> "DiTPipeline":
-        """Read a diffusers DiTPipeline folder. `vae`: a path `from_pretrained` reads, replacing (or
+    def from_pretrained(cls, path, *, vae=None, scheduler: str | None = None,
+                        revision: str | None = None) -> "DiTPipeline":
+        """Read a diffusers DiTPipeline folder, or a hub id's (`revision`: a branch, tag or commit
+        hash; unigen/hub.py: the local cache first, else a download). `vae`: a path `from_pretrained` reads, replacing (or
         supplying) the folder's `vae/`. `scheduler`: read scheduler_config.json as another class
         ("DDIMScheduler", "DPMSolverMultistepScheduler", or unigen's "ddim" / "dpm_solver_2m"),
         as diffusers' `Cls.from_config(pipe.scheduler.config)`."""
-        folder = os.path.expanduser(os.fspath(path))
+        folder = resolve(path, revision=revision)
         index_path = os.path.join(folder, MODEL_INDEX)
         if not os.path.isfile(index_path):
             raise WeightError(f"{folder}: no {MODEL_INDEX}; a pipeline folder (diffusers save_pretrained) has one")
