@@ -16,9 +16,6 @@ import unigen
 from unigen import hub
 from unigen.errors import WeightError
 
-diffusers = pytest.importorskip("diffusers")
-torch = pytest.importorskip("torch")
-
 REPO = "someorg/tiny-dit"
 COMMIT_A = "a" * 8 + "0123456789abcdef0123456789abcdef"  # 40 hex digits, as commits are
 COMMIT_B = "b" * 8 + "0123456789abcdef0123456789abcdef"
@@ -26,7 +23,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_dit(folder, seed):
-    """A random-weight diffusers DiTTransformer2DModel saved to `folder`."""
+    """A random-weight diffusers DiTTransformer2DModel saved to `folder` (the tests that read a
+    cached model need torch + diffusers; the id rules, selection and errors do not)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
     model = diffusers.DiTTransformer2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1, patch_size=2,
         sample_size=8, num_embeds_ada_norm=10, norm_type="ada_norm_zero", attention_bias=True)
