@@ -1,7 +1,7 @@
 """DiT-XL/2 on ImageNet 256x256, the paper's setup (Peebles & Xie 2023, §4-5).
 
     python train/train.py --config configs/dit_xl2_imagenet256.py --workdir runs/dit_xl2 \
-        --config.mesh.fsdp=8            # one node of 8 GPUs; see README "multi-GPU / multi-host"
+        --config.mesh.fsdp=8            # one node of 8 GPUs; see docs/multi_gpu.md
 
 Paper setup: class-conditional on ImageNet-1k, Stable Diffusion VAE latents (256 -> 32x32x4,
 scaled by 0.18215), AdamW lr 1e-4 constant, no weight decay, no warmup, no clipping, batch
@@ -9,7 +9,7 @@ scaled by 0.18215), AdamW lr 1e-4 constant, no weight decay, no warmup, no clipp
 dropout 0.1. Reported: FID-50K 2.27 at 7M steps with cfg 1.5 and 250 DDPM steps (guidance on
 the first 3 channels, as the official sampler).
 
-Needs: `imagenet2012` prepared for TFDS as array_record (see README) and the SD VAE as a
+Needs: `imagenet2012` prepared for TFDS as array_record (see docs/multi_gpu.md) and the SD VAE as a
 diffusers folder (`stabilityai/sd-vae-ft-ema` downloaded to `data.latent_encoder`, a path;
 a pipeline folder with `vae/` works too). The first run encodes the train split once into
 `data.latent_dir` ('' = `<TFDS data dir>/unigen_latents/imagenet2012-256px-<VAE fingerprint>`:

@@ -22,7 +22,7 @@ grids, `infer/sample.py` and the evaluation protocol (unigen/eval). The job's ev
 seed of 5000 samples (guidance doubles the sampling cost; `--config.eval.seeds=3` or
 `infer/sample.py --protocol` runs the protocol's three). 2000 steps keep the job near 10 minutes;
 3000 reach accuracy 0.998 with the same FD but take ~16.
-Expected on a 2-core CPU: see README ("Latent diffusion: tokenizers and LightningDiT").
+Expected on a 2-core CPU: see docs/rae.md.
 """
 
 import ml_collections

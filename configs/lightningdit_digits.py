@@ -15,7 +15,7 @@ LightningDiT's linear path with t = 1 data (the network gets t in [0, 1]), logit
 velocity loss plus the velocity-direction (cosine) loss with weight 1. Sampling: DPM-Solver++(2M)
 15 steps with guidance only on t >= 0.11 (LightningDiT's cfg interval), decoded by the tokenizer
 to 8x8 digits for grids, `infer/sample.py` and the evaluation protocol (unigen/eval).
-Expected on a 2-core CPU: see README ("Latent diffusion: tokenizers and LightningDiT").
+Expected on a 2-core CPU: see docs/latent_diffusion.md.
 """
 
 import ml_collections

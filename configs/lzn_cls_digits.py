@@ -15,8 +15,8 @@ drawn in c's zone (c's label anchor carried by the label flow from N(0, I) noise
 Evaluation: test accuracy of the classifier (per image, with the training batch's worth of
 reference images as the anchor set; and each test batch as its own anchor set, the
 reference's protocol), then the digits protocol on class-conditional samples (the digit
-read by the protocol's classifier, FD). What to expect on a 2-core CPU: see README
-("Latent zoning networks").
+read by the protocol's classifier, FD). What to expect on a 2-core CPU: see
+docs/lzn.md.
 """
 
 import ml_collections

@@ -10,7 +10,7 @@ Sampling draws z ~ N(0, I) and decodes it. Evaluated with the label-free digits 
 (FD, memorisation) like an unconditional DiT; `bench/lzn_generation.py` trains the same
 decoder without the latent (plain RF) for the same steps and compares FD in one script.
 
-What to expect on a 2-core CPU: see README ("Latent zoning networks").
+What to expect on a 2-core CPU: see docs/lzn.md.
 """
 
 import ml_collections

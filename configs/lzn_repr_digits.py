@@ -14,7 +14,7 @@ images) on the encoder's anchors, its pooled pre-head features and its flattened
 states, each next to the same probe on the untrained encoder (the control: what training
 added), and the probe on raw pixels, all measured in the same run. The encoder loads as
 `unigen.from_pretrained(WORKDIR, component="encoder")`. What to expect on a 2-core CPU: see
-README ("Latent zoning networks").
+docs/lzn.md.
 """
 
 import ml_collections

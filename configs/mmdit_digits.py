@@ -16,7 +16,7 @@ Guidance uses the empty prompt as the null condition (trained with 10% prompt dr
 Objective: rectified flow with SD3's logit-normal timesteps (SD3 §3.1) and its timestep shift
 (eq. 23; `diffusion.shift`, used by training and by the sampler's grid). SD3 shifts towards noise
 (s = 3) because 1024^2 images keep their structure at high noise; 8x8 digits do not, so the
-shift stays at 1 (untuned: other values are a `--config.diffusion.shift=` away); sampled with DPM-Solver++(2M), guidance 1.2. What to expect on a 2-core CPU (README):
+shift stays at 1 (untuned: other values are a `--config.diffusion.shift=` away); sampled with DPM-Solver++(2M), guidance 1.2. What to expect on a 2-core CPU (docs/text_to_image.md):
 about 13 minutes for training and the evaluation (3 seeds x 2000 samples from held-out prompts):
 the digits classifier reads the prompted digit in ~99% of samples, FD ~0.36 (1.24x the
 memoriser's 0.288 at the same sample count), ~2.5% near-copies. Stronger guidance reads the

@@ -13,8 +13,7 @@ sigma ~ U(0, 0.5) (the reference's 0.8 reaches only 28.5 dB here; 0.5 gives 30.5
 unigen/tasks/rae.py. No LPIPS or GAN term (no weights offline).
 
 Evaluation (`eval.json`, `reconstructions.png`): test-split PSNR, latent statistics and a linear
-probe on the latents next to raw pixels. Expected on a 2-core CPU: see README ("Latent diffusion:
-tokenizers and LightningDiT"). The work dir is a tokenizer: `--config.data.latent_encoder=runs/rae`
+probe on the latents next to raw pixels. Expected on a 2-core CPU: see docs/rae.md. The work dir is a tokenizer: `--config.data.latent_encoder=runs/rae`
 (configs/ditdh_digits.py).
 """
 
@@ -48,7 +47,7 @@ def get_config():
         encoder_input_size=8, encoder_norm_mean=(0.5,), encoder_norm_std=(0.5,),  # [0, 1] -> the LZN's [-1, 1]
         decoder_hidden_size=128, decoder_num_layers=4, decoder_num_heads=4, decoder_intermediate_size=512,
         patch_size=2,
-        noise_tau=0.5,             # the reference's 0.8 costs 2 dB here (28.5 vs 30.5 dB; README)
+        noise_tau=0.5,             # the reference's 0.8 costs 2 dB here (28.5 vs 30.5 dB; docs/rae.md)
         scaling_factor=1.0,
         latent_stats="position",   # latents_mean / latents_std per position and channel, as the reference's stat.pt
         attention_backend="auto",

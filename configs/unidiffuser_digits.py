@@ -34,7 +34,7 @@ at batch 64, lr 5e-3 (3e-3 and 8e-3 do worse; a 7 x 128 U-ViT runs 3 steps/s her
 condition replaced by noise at t = T; 6 trades text->image diversity for the prompted digit:
 `--config.sample.cfg_scale`, or per mode `unidiffuser.cfg_scales`).
 
-What to expect on a 2-core CPU (README, "UniDiffuser"): about 10 minutes for training and the
+What to expect on a 2-core CPU (docs/unidiffuser.md): about 10 minutes for training and the
 evaluation. Text->image reads the prompted digit in ~98% of samples, image->text names the right
 digit for ~97% of test images and joint samples agree in ~99% (the issue's targets); the marginal
 images' FD is ~6x the memoriser's (target 1.5x: NOT met in this budget; with the anchor in the

@@ -16,8 +16,8 @@ runs both and compares the latents' linear probes.
 No LPIPS or GAN term: their weights (VGG LPIPS, a discriminator) do not exist offline here.
 
 Evaluation (`eval.json`, `reconstructions.png`): test-split PSNR, latent statistics and a
-linear probe on the latents next to the raw-pixel probe. Expected on a 2-core CPU: see README
-("Latent diffusion: tokenizers and LightningDiT"). Use the work dir as a tokenizer with
+linear probe on the latents next to the raw-pixel probe. Expected on a 2-core CPU: see
+docs/latent_diffusion.md. Use the work dir as a tokenizer with
 `--config.data.latent_encoder=runs/vavae` (configs/lightningdit_digits.py).
 """
 
