@@ -13,8 +13,8 @@ sigma ~ U(0, 0.5) (the reference's 0.8 reaches only 28.5 dB here; 0.5 gives 30.5
 unigen/tasks/rae.py. No LPIPS or GAN term (no weights offline).
 
 Evaluation (`eval.json`, `reconstructions.png`): test-split PSNR, latent statistics and a linear
-probe on the latents next to raw pixels. Expected on a 2-core CPU: see docs/rae.md. The work dir is a tokenizer: `--config.data.latent_encoder=runs/rae`
-(configs/ditdh_digits.py).
+probe on the latents next to raw pixels. Expected on a 2-core CPU: see docs/rae.md. The work dir
+is a tokenizer: `--config.data.latent_encoder=runs/rae` (configs/ditdh_digits.py).
 """
 
 import importlib.util
