@@ -43,7 +43,30 @@ def param(init: Init, shape: Sequence[int], axes: Sequence[str | None], rngs: nn
     """An nnx.Param with its logical axis names recorded as metadata."""
     if len(shape) != len(axes):
         raise ValueError(f"param of shape {tuple(shape)} given {len(axes)} axis names {tuple(axes)}")
-    return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
+    return nnx.Param(init(next_key(rngs.params), tuple(shape), dtype), logical_axes=tuple(axes))
+
+
+def next_key(stream: nnx.RngStream) -> jax.Array:
+    """The key `stream()` returns, with the same counter step (fold_in(key, count); count + 1), so
+    parameters are those flax would draw for the same seed.
+
+    flax's `RngStream.__call__` steps the counter in place (`count[...] += 1`), and
+    `Variable.set_value` then compares `getattr(value, 'sharding', None)` of the old and new count.
+    Under a trace (nnx.eval_shape, jit) both are tracers, whose `.sharding` raises an
+    AttributeError whose message JAX builds by walking every equation traced so far
+    (`DynamicJaxprTracer._origin_msg`, jax 0.10; reported upstream as jax-ml/jax#40041). One walk
+    per parameter made abstract builds quadratic in the parameter count: on 2 CPU cores SD3.5-large
+    (unscanned) took 13 s against 0.6 s this way (bench/build_time.py, bench/RESULTS.md). Replacing
+    the counter whole (`set_value` without an index) stores the same value without that probe. A
+    flax whose streams lack these Variable methods draws its own way (`stream()`)."""
+    check = getattr(stream.count, "_check_can_update", None)
+    if check is None or not hasattr(stream.count, "set_value"):
+        return stream()
+    check()  # the guard flax applies: no writes to a stream from an inner trace level
+    count = stream.count[...]
+    key = jax.random.fold_in(stream.key[...], count)
+    stream.count.set_value(count + 1)
+    return key
 
 
 def _contract_trailing(n_in: int, x_ndim: int):
