@@ -4,14 +4,16 @@ built on them. See README.md."""
 __version__ = "0.1.0"
 
 
-def from_pretrained(path: str, *, subfolder: str | None = None, component: str | None = None, **overrides):
+def from_pretrained(path: str, *, subfolder: str | None = None, revision: str | None = None,
+                    component: str | None = None, **overrides):
     """Load a model from an official checkpoint, a diffusers/transformers folder (or a pipeline
-    folder's `subfolder`), a unigen folder or a unigen training work dir (unigen/pretrained.py).
-    `component` returns one part of a composite model, e.g. an LZN work dir's "encoder" or
-    "classifier"."""
+    folder's `subfolder`), a unigen folder, a unigen training work dir, or a Hugging Face hub id
+    "org/name" (`revision`: a branch, tag or commit hash; the local cache first, else a download;
+    unigen/hub.py) (unigen/pretrained.py). `component` returns one part of a composite model, e.g.
+    an LZN work dir's "encoder" or "classifier"."""
     import unigen.training.checkpoint  # noqa: F401  (registers training work dirs as a source)
     from unigen.pretrained import from_pretrained as _load
-    return _load(path, subfolder=subfolder, component=component, **overrides)
+    return _load(path, subfolder=subfolder, revision=revision, component=component, **overrides)
 
 
 def save_pretrained(model, path: str) -> None:
