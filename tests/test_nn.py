@@ -168,3 +168,14 @@ def test_platform_defaults(monkeypatch):
         with unn.jvp_compatible():
             assert not ad_mode.use_custom_vjps()
     assert not ad_mode.use_custom_vjps()
+
+
+def test_next_key_draws_what_flax_draws():
+    # unigen.nn.layers.next_key steps a stream without flax's in-place update (quadratic abstract
+    # builds, see its docstring); it must give the keys and counter flax's own `stream()` gives.
+    from unigen.nn.layers import next_key
+    ours, theirs = nnx.Rngs(params=3), nnx.Rngs(params=3)
+    for _ in range(4):
+        np.testing.assert_array_equal(jax.random.key_data(next_key(ours.params)),
+                                      jax.random.key_data(theirs.params()))
+    assert int(ours.params.count[...]) == int(theirs.params.count[...]) == 4
