@@ -21,6 +21,7 @@ import numpy as np
 def load_samples(path: str) -> dict[str, np.ndarray]:
     """Read and validate FILE.npz; raise SamplesError naming the file and the problem."""
     import zipfile
+    import zlib
 
     from unigen.errors import SamplesError
     from unigen.eval.protocol import validate_samples
@@ -33,7 +34,7 @@ def load_samples(path: str) -> dict[str, np.ndarray]:
                 raise SamplesError(f"{path}: no `images` array (found {z.files}). Save with "
                                    f"np.savez(path, images=(N,H,W,1) in [-1,1], labels=(N,))")
             arrays = {k: z[k] for k in ("images", "labels", "seed") if k in z.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:  # zlib: a damaged compressed member
         if isinstance(e, SamplesError):
             raise
         raise SamplesError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); "
@@ -46,11 +47,12 @@ def load_samples(path: str) -> dict[str, np.ndarray]:
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="infer/evaluate.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from unigen.infer.args import Parser, int_at_least
+
+    p = Parser(prog="infer/evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", required=True, help="npz with images, labels[, seed]")
     p.add_argument("--json", default=None, help="also write all numbers to this JSON file")
-    p.add_argument("--baseline-n", type=int, default=None,
+    p.add_argument("--baseline-n", type=int_at_least(1), default=None,
                    help="yardstick samples per seed (default: the samples' n per seed, "
                         "since FD depends on n)")
     p.add_argument("--no-baselines", action="store_true", help="skip the yardstick rows")
@@ -63,6 +65,9 @@ def main(argv=None) -> int:
     quiet_third_party_logs()
     from unigen.errors import UnigenError
     try:
+        if args.json:  # checked first: a destination that cannot be written never costs an evaluation
+            from unigen.infer.args import check_output_file
+            check_output_file(args.json, "--json")
         s = load_samples(args.samples)
     except UnigenError as e:
         print(f"error: {e}", file=sys.stderr)

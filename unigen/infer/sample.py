@@ -36,35 +36,38 @@ import numpy as np
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="infer/sample.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from unigen.infer.args import SEED_LIMIT, Parser, class_list, finite_float, guided_channels, int_at_least
+
+    positive, seed = int_at_least(1), int_at_least(0, below=SEED_LIMIT)
+    p = Parser(prog="infer/sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="a unigen training work dir")
     src.add_argument("--pretrained", help="any path unigen.from_pretrained reads (a DiT), or a diffusers DiT "
                                           "pipeline folder (model_index.json); a hub id org/name too")
     p.add_argument("--revision", default=None, help="with a hub id: a branch, tag or commit hash (default main)")
     p.add_argument("--out", required=True, help="output .npz (a .png grid is written beside it)")
-    p.add_argument("--per-class", type=int, default=8, help="samples per class (per grid row)")
+    p.add_argument("--per-class", type=positive, default=8, help="samples per class (per grid row)")
     p.add_argument("--prompt", action="append", default=None,
                    help="a text prompt (repeat for several; text-to-image work dirs); one grid row each")
-    p.add_argument("--per-prompt", type=int, default=8, help="samples per prompt (per grid row)")
+    p.add_argument("--per-prompt", type=positive, default=8, help="samples per prompt (per grid row)")
     p.add_argument("--mode", default=None, choices=("joint", "t2i", "i2t", "image", "text"),
                    help="a UniDiffuser work dir's sampling mode: t2i needs --prompt, i2t needs --image")
     p.add_argument("--image", action="append", default=None,
                    help="an image to caption (--mode i2t): a file, or test:0-9 / test:3,5 (test-split indices)")
-    p.add_argument("--num", type=int, default=16, help="samples of --mode joint / image / text")
-    p.add_argument("--classes", default=None, help="comma-separated class ids (default: all)")
-    p.add_argument("--class", dest="class_ids", action="append", type=int, default=None,
+    p.add_argument("--num", type=positive, default=16, help="samples of --mode joint / image / text")
+    p.add_argument("--classes", type=class_list, default=None, help="comma-separated class ids (default: all)")
+    p.add_argument("--class", dest="class_ids", action="append", type=int_at_least(0), default=None,
                    help="a class id (repeatable; joins --classes); one grid row each")
     p.add_argument("--vae", default=None, help="a pipeline folder's VAE: replaces or supplies its vae/ "
                                                "(any AutoencoderKL path unigen.from_pretrained reads)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="the sampling noise's seed")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm_solver_2m | euler | heun")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps")
-    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--guided-channels", default=None,
+    p.add_argument("--steps", type=positive, default=None, help="sampling steps")
+    p.add_argument("--cfg-scale", type=finite_float(0.0), default=None,
+                   help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guided-channels", type=guided_channels, default=None,
                    help="guide only the first N output channels ('dit' = 3, the official DiT behaviour)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive, default=None,
                    help="samples per compiled batch (default: the config's eval.batch_size, else 500); "
                         "samples do not depend on it")
     p.add_argument("--protocol", action="store_true",
@@ -110,11 +113,13 @@ def _sample(args) -> int:
 
     from unigen.errors import ConfigError
     from unigen.images import save_grid
+    from unigen.infer.args import check_output_file
 
     if not args.out.endswith(".npz"):
         raise ConfigError(f"--out {args.out!r} must end with .npz")
-    if args.per_class < 1 or args.per_prompt < 1:
-        raise ConfigError(f"--per-class {args.per_class} / --per-prompt {args.per_prompt} must be >= 1")
+    # Where the samples go is checked before any model is read: a bad --out never costs a sampling run.
+    check_output_file(args.out, "--out")
+    check_output_file(args.out[:-4] + ".png", "--out (its .png grid)")
     if args.prompt is not None and args.protocol:
         raise ConfigError("--prompt and --protocol exclude each other (the protocol has its own prompts)")
     if args.image is not None and args.mode != "i2t":
@@ -142,12 +147,12 @@ def _sample(args) -> int:
         task = build(cfg).task
         model = load_model_for_inference(args.workdir)
     else:
-        import unigen
-        model = unigen.from_pretrained(args.pretrained)
+        from unigen.pretrained import from_pretrained
+        model = from_pretrained(args.pretrained)
         cfg, task = _pretrained_task(model)
     settings = {k: getattr(args, k) for k in ("sampler", "steps", "cfg_scale") if getattr(args, k) is not None}
     if args.guided_channels is not None:
-        settings["guided_channels"] = args.guided_channels if args.guided_channels == "dit" else int(args.guided_channels)
+        settings["guided_channels"] = args.guided_channels
     graphdef, state = nnx.split(model)
     try:
         gen = task.generator(cfg.sample, graphdef, **settings)
@@ -210,11 +215,7 @@ def _sample(args) -> int:
 
 def _class_ids(args) -> list[int] | None:
     """--classes (comma list) then every --class, in order; None when neither is given."""
-    from unigen.errors import ConfigError
-    try:
-        classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
-    except ValueError:
-        raise ConfigError(f"--classes {args.classes!r}: give comma-separated class ids, e.g. 0,5,9") from None
+    classes = None if args.classes is None else list(args.classes)  # parsed by infer/args.py's class_list
     if args.class_ids:
         classes = (classes or []) + list(args.class_ids)
     return classes
@@ -272,8 +273,6 @@ def _sample_mode(args, task, generate, png, how) -> int:
         raise ConfigError(f"--prompt is the condition of --mode t2i, not of --mode {mode}")
     if mode == "i2t" and not args.image:
         raise ConfigError("--mode i2t needs images: --image FILE or --image test:0-9 (repeatable)")
-    if args.num < 1:
-        raise ConfigError(f"--num {args.num} must be >= 1")
     arrays = {}
     try:
         if mode == "t2i":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import math
 import os
 import sys
 
@@ -25,6 +26,19 @@ from unigen.training.state import split_model
 def _need(cond: bool, field: str, value, fix: str) -> None:
     if not cond:
         raise ConfigError(f"config.{field}={value!r}: {fix}")
+
+
+def _need_finite(node, prefix: str = "") -> None:
+    """Every float in the config finite: config_flags reads `--config.sample.cfg_scale=nan` (or inf,
+    1e999) as a float, NaN fails no range check written as `not x < 0` and inf passes `x >= 0`; either
+    would train or sample a silent wrong result."""
+    items = node.items() if hasattr(node, "items") else enumerate(node)
+    for key, value in items:
+        field = f"{prefix}.{key}" if prefix and hasattr(node, "items") else f"{prefix}[{key}]" if prefix else key
+        if isinstance(value, float):
+            _need(math.isfinite(value), field, value, "must be a finite number")
+        elif hasattr(value, "items") or isinstance(value, (tuple, list)):
+            _need_finite(value, field)
 
 
 def import_plugins(cfg) -> None:
@@ -87,6 +101,7 @@ def build(cfg) -> Run:
 
 def validate(cfg, num_devices: int | None = None) -> Run:
     """Check every field; returns the Run the config builds."""
+    _need_finite(cfg)
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "use a non-negative int")
     d, t, s = cfg.data, cfg.train, cfg.sample
     _need(isinstance(d.get("latent_encoder") or "", str), "data.latent_encoder", d.get("latent_encoder"),
