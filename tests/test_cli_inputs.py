@@ -194,3 +194,17 @@ def test_config_floats_must_be_finite(field, value, named):
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert str(e.value).startswith(named) and "finite" in str(e.value)
+
+
+def test_output_checks_create_nothing(tmp_path):
+    """check_output_folder (a DiT pipeline's FILE_images/) and check_output_file leave no trace:
+    a missing folder is probed in its nearest existing parent, not created."""
+    from unigen.errors import ConfigError
+    from unigen.infer.args import check_output_file, check_output_folder
+
+    (tmp_path / "s_images").write_text("x")
+    with pytest.raises(ConfigError, match="s_images is a file"):
+        check_output_folder(str(tmp_path / "s_images"), "--out (its _images/ folder)")
+    check_output_folder(str(tmp_path / "a" / "b"), "DST")
+    check_output_file(str(tmp_path / "c" / "s.npz"), "--out")
+    assert os.listdir(tmp_path) == ["s_images"]
