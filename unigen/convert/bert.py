@@ -16,7 +16,6 @@ sentence-transformers folders (a `modules.json`, the transformer possibly in a s
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -26,6 +25,7 @@ from unigen.convert.torch_layout import StateDict, fused_qkv, linear
 from unigen.convert.unigen_format import build_filled
 from unigen.convert.weights import read_folder_weights
 from unigen.errors import ConfigError, WeightError
+from unigen.files import read_json
 from unigen.text.bert import ACTIVATIONS, BertConfig
 from unigen.text.encoder import TextEncoder, TextEncoderConfig
 from unigen.text.folder import read_encoder_folder
@@ -120,16 +120,9 @@ def bert_to_flat(sd: dict[str, np.ndarray], cfg: BertConfig, *, source: str = "B
 
 def _read_config(folder: str) -> dict:
     path = os.path.join(folder, "config.json")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise WeightError(f"{folder}: no config.json, so this is not a transformers BERT folder") from None
-    except json.JSONDecodeError as e:
-        raise WeightError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise WeightError(f"{path} holds a {type(config).__name__}, not a JSON object of config fields")
-    return config
+    if not os.path.exists(path):
+        raise WeightError(f"{folder}: no config.json, so this is not a transformers BERT folder")
+    return read_json(path)
 
 
 def load_text_encoder(folder: str, **overrides) -> TextEncoder:

@@ -29,7 +29,6 @@ LayerNorm must have no weight/bias in the state dict (RAE strips them).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -39,6 +38,7 @@ from unigen.convert.torch_layout import StateDict
 from unigen.convert.unigen_format import CONFIG_FILE, build_filled, load_pretrained
 from unigen.convert.weights import read_folder_weights, warn_unknown_fields
 from unigen.errors import ConfigError, WeightError
+from unigen.files import read_json
 from unigen.tokenizers.dinov2 import RUNTIME_FIELDS, Dinov2, Dinov2Config
 
 MODEL_TYPES = {"dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel"}
@@ -275,16 +275,10 @@ def load_dinov2(path: str, **overrides) -> Dinov2:
             raise WeightError(f"{path} holds a unigen {type(model).__name__}, not a Dinov2")
         return model
     config_path = os.path.join(path, "config.json")
-    try:
-        with open(config_path) as f:
-            config = json.load(f)
-    except FileNotFoundError:
+    if not os.path.exists(config_path):
         raise WeightError(f"{path}: no config.json, so this is not a transformers DINOv2 folder "
-                          f"(expected model_type 'dinov2' or 'dinov2_with_registers')") from None
-    except json.JSONDecodeError as e:
-        raise WeightError(f"{config_path} is not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise WeightError(f"{config_path} holds a {type(config).__name__}, not a JSON object of config fields")
+                          f"(expected model_type 'dinov2' or 'dinov2_with_registers')")
+    config = read_json(config_path)
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         if model_type:

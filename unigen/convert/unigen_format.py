@@ -16,6 +16,7 @@ from flax import nnx, traverse_util
 
 from unigen.convert.weights import fill_module
 from unigen.errors import ConfigError, WeightError
+from unigen.files import read_json
 from unigen.models.registry import get_model_kind, kind_of
 
 CONFIG_FILE = "unigen_config.json"
@@ -61,14 +62,9 @@ def load_flat(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     import orbax.checkpoint as ocp
 
     config_path = os.path.join(path, CONFIG_FILE)
-    try:
-        with open(config_path) as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise WeightError(f"{config_path} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise WeightError(f"{config_path}: unigen format version "
-                          f"{meta.get('format_version') if isinstance(meta, dict) else None!r} is not {FORMAT_VERSION}")
+    meta = read_json(config_path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise WeightError(f"{config_path}: unigen format version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
     try:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(os.path.join(os.path.abspath(path), "params"))

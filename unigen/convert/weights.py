@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from unigen.errors import WeightError
+from unigen.files import DAMAGED, size_note, unreadable
 
 
 def read_config_fields(config: dict, fields: dict, model: str) -> dict:
@@ -45,8 +46,7 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise WeightError(f"no weight file at {path}")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        return dict(load_file(path))
+        return _read_safetensors(path)
     try:
         import torch
     except ImportError as e:  # torch is a test extra, never a runtime dependency
@@ -62,9 +62,16 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        raise WeightError(f"{path} cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})") from None
+    except OSError as e:  # before RuntimeError's cases: a folder, no permission
+        if not isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise WeightError(f"{path} cannot be read as a PyTorch checkpoint ({_first_line(e)}) "
+                              f"{size_note(path)}; {DAMAGED}") from None
+        raise unreadable(path, e) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        # torch.load's failures on a damaged file: an empty one (EOFError), random bytes or a refused
+        # global (UnpicklingError), a truncated zip archive (RuntimeError "failed finding central directory")
+        raise WeightError(f"{path} cannot be read as a PyTorch checkpoint ({_first_line(e)}) "
+                          f"{size_note(path)}; {DAMAGED}") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         # A DiT train.py checkpoint {"model", "ema", "opt", "args"}: sample with the EMA
         # weights, as the official sample.py does with released checkpoints.
@@ -77,6 +84,23 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
             raise WeightError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
         out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
     return out
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    try:
+        return dict(load_file(path))
+    except OSError as e:
+        raise unreadable(path, e) from None
+    except SafetensorError as e:  # a truncated, empty or foreign file: its header does not parse or cover it
+        raise WeightError(f"{path} is not a readable safetensors file ({_first_line(e)}) {size_note(path)}; "
+                          f"{DAMAGED}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 def read_folder_weights(folder: str) -> dict[str, np.ndarray]:

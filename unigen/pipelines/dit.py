@@ -23,7 +23,6 @@ legacy class name `Transformer2DModel` of facebook/DiT-XL-2-256's transformer/ a
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -33,22 +32,12 @@ from flax import nnx
 
 from unigen.diffusion.guidance import classifier_free_guidance
 from unigen.errors import ConfigError, WeightError
+from unigen.files import read_json
 from unigen.hub import resolve
 from unigen.models.dit import DiT
 from unigen.pipelines.schedulers import SCHEDULER_OF, Scheduler, read_scheduler
 
 MODEL_INDEX = "model_index.json"
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise WeightError(f"{path}: cannot read it as JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise WeightError(f"{path} holds a {type(data).__name__}, not a JSON object")
-    return data
 
 
 def is_pipeline_folder(path) -> bool:
@@ -115,7 +104,7 @@ class DiTPipeline:
         index_path = os.path.join(folder, MODEL_INDEX)
         if not os.path.isfile(index_path):
             raise WeightError(f"{folder}: no {MODEL_INDEX}; a pipeline folder (diffusers save_pretrained) has one")
-        index = _read_json(index_path)
+        index = read_json(index_path)
         if index.get("_class_name") != "DiTPipeline":
             raise WeightError(f"{index_path}: _class_name {index.get('_class_name')!r}; this reads 'DiTPipeline'")
         transformer = _load_transformer(os.path.join(folder, "transformer"))
@@ -131,7 +120,7 @@ class DiTPipeline:
         if not os.path.isfile(sched_path):
             raise WeightError(f"{folder}: no scheduler/scheduler_config.json")
         name = SCHEDULER_OF.get(scheduler, scheduler)
-        sched = read_scheduler(_read_json(sched_path), where=sched_path, class_name=name,
+        sched = read_scheduler(read_json(sched_path), where=sched_path, class_name=name,
                                in_channels=transformer.cfg.in_channels)
         return cls(transformer, vae_model, sched, index.get("id2label"))
 

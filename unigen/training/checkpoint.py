@@ -231,9 +231,19 @@ def save_config(workdir: str, cfg_json: str) -> None:
 
 
 def read_config(workdir: str):
-    from unigen.training.config import from_json
-    with open(os.path.join(workdir, CONFIG_NAME)) as f:
-        return from_json(f.read())
+    """The config a work dir's run was started with (its config.json; a damaged one is a CheckpointError)."""
+    import ml_collections
+
+    from unigen.files import read_json
+    path = os.path.join(workdir, CONFIG_NAME)
+    fix = "restore it from a copy (it is the config the run was started with), or train in a new --workdir"
+    config = read_json(path, error=CheckpointError, fix=fix)
+    # Every run's config has these sections (unigen/training/build.py reads them); an object without
+    # them (an emptied or foreign file) would otherwise fail as a KeyError deep in the model build.
+    missing = [k for k in ("data", "model", "train") if not isinstance(config.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{path} is not a unigen training config (no {', '.join(missing)} section); {fix}")
+    return ml_collections.ConfigDict(config)  # as unigen.training.config.from_json builds it
 
 
 def abstract_train_state(cfg, run=None):
