@@ -76,8 +76,8 @@ def test_latent_store_holds_the_encoders_moments_and_statistics(imagenet, vae, t
     from unigen.data.latents import encode_dataset, latent_dataset
     from unigen.data.pipeline import Preprocess
     from unigen.data.tfds_source import data_source
-    from unigen.tokenizers.codec import LatentCodec
-    codec = LatentCodec.from_path(vae)
+    from unigen.tasks.frozen import latent_codec
+    codec = latent_codec(vae)
     meta = encode_dataset(codec, "imagenet2012", "validation", image_size=32, out_dir=str(tmp_path),
                           data_dir=imagenet, batch_size=3, progress=False)  # 8 records: a padded last batch
     source = data_source("imagenet2012", "validation", imagenet)
@@ -99,11 +99,11 @@ def test_latent_store_holds_the_encoders_moments_and_statistics(imagenet, vae, t
 def test_latents_of_another_encoder_are_refused_before_compiling(imagenet, vae, tmp_path):
     from unigen.data.latents import encode_dataset
     from unigen.errors import ConfigError
-    from unigen.tokenizers.codec import LatentCodec
+    from unigen.tasks.frozen import latent_codec
     from unigen.training.build import validate
     store = str(tmp_path / "store")
     other = _diffusers_vae(tmp_path / "other-vae", seed=1)
-    encode_dataset(LatentCodec.from_path(vae), "imagenet2012", "validation", image_size=32, out_dir=store,
+    encode_dataset(latent_codec(vae), "imagenet2012", "validation", image_size=32, out_dir=store,
                    data_dir=imagenet, progress=False)
     validate(_imagenet_config(imagenet, vae, store))  # its own encoder: fine
     with pytest.raises(ConfigError, match="different encoder.*latent_encoder"):

@@ -30,45 +30,89 @@ def test_distribution_is_unigen_jax_and_imports_as_unigen():
     assert any(u.startswith("Source, ") for u in urls), urls
 
 
-def test_no_import_cycles_between_subpackages():
+def _package_modules():
+    """(module name, file path, AST) of every module under unigen/ and kernels/ (as unigen_kernels)."""
     import ast
-    # unigen/<sub>/... and kernels/ (as unigen_kernels): an edge per import, lazy ones included.
-    def unit(module):
-        parts = module.split(".")
-        if parts[0] == "unigen_kernels" or module.startswith("unigen.kernels"):
-            return "kernels"
-        return parts[1] if parts[0] == "unigen" and len(parts) > 1 else None
-
-    edges = {}
     for base, pkg in (("unigen", "unigen"), ("kernels", "unigen_kernels")):
         for folder, _, files in os.walk(os.path.join(ROOT, base)):
-            for name in files:
-                if not name.endswith(".py"):
-                    continue
-                rel = os.path.relpath(os.path.join(folder, name), os.path.join(ROOT, base))[:-3]
-                module = ".".join([pkg, *rel.split(os.sep)]).removesuffix(".__init__")
-                src = unit(module) if module != "unigen" else None
-                if src is None:
-                    continue
-                with open(os.path.join(folder, name)) as f:
-                    tree = ast.parse(f.read())
-                for node in ast.walk(tree):
-                    if isinstance(node, ast.Import):
-                        targets = [a.name for a in node.names]
-                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                        targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                    else:
-                        continue
-                    for t in targets:
-                        dst = unit(t)
-                        if dst and dst != src:
-                            edges.setdefault(src, set()).add(dst)
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    rel = os.path.relpath(path, os.path.join(ROOT, base))[:-3]
+                    with open(path) as f:
+                        yield ".".join([pkg, *rel.split(os.sep)]).removesuffix(".__init__"), path, ast.parse(f.read())
+
+
+def _imported(module, path, node):
+    """The module names an import node reads, counted as ../shared/tools/import_cycles.py counts them:
+    `from a import b` reads `a` and `a.b`; a relative import resolves against `module`."""
+    import ast
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level > 0:
+        package = module.split(".")
+        if not path.endswith("__init__.py"):  # a plain module's package is one level up
+            package = package[:-1]
+        up = package[: len(package) - node.level + 1]
+        return [".".join(up + ([node.module] if node.module else []))]
+    return []
+
+
+def _unit(module):
+    """The sub-package a module belongs to; `unigen` itself (the package front) is the unit "__init__"."""
+    parts = module.split(".")
+    if parts[0] == "unigen_kernels" or module == "unigen.kernels" or module.startswith("unigen.kernels."):
+        return "kernels"
+    if parts[0] != "unigen":
+        return None
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_no_import_cycles_between_subpackages():
+    import ast
+    # An edge per import, lazy ones included; the front (unigen/__init__.py) is a unit of its own, so a
+    # module that imports `unigen` closes a cycle through whatever the front imports.
+    edges = {}
+    for module, path, tree in _package_modules():
+        src = _unit(module)
+        for node in ast.walk(tree):
+            for target in _imported(module, path, node):
+                dst = _unit(target)
+                if dst and dst != src:
+                    edges.setdefault(src, set()).add(dst)
 
     def reaches(a, b, seen=()):
         return any(n == b or (n not in seen and reaches(n, b, seen + (n,))) for n in edges.get(a, ()))
 
     cycles = sorted({tuple(sorted((a, b))) for a in edges for b in edges[a] if reaches(b, a)})
     assert not cycles, f"import cycles between sub-packages: {cycles} ({ {k: sorted(v) for k, v in edges.items()} })"
+
+
+def test_no_module_inside_unigen_uses_the_package_front():
+    # DESIGN.md principle 12: the front (`unigen.from_pretrained`, ...) is for users; a module inside the
+    # package imports the submodule it needs (`from unigen.pretrained import from_pretrained`,
+    # `import unigen.parallel as parallel`). `import unigen` and `from unigen import x` (even of a
+    # submodule) count as the front, as the shared import_cycles tool counts them; so does reaching a
+    # front name (`unigen.from_pretrained`) through the `unigen` a submodule import binds.
+    import ast
+    with open(os.path.join(ROOT, "unigen", "__init__.py")) as f:
+        front = ast.parse(f.read())
+    front_names = {n.name for n in front.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    front_names |= {t.id for n in front.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    assert "from_pretrained" in front_names, front_names
+    found = []
+    for module, path, tree in _package_modules():
+        if module == "unigen":
+            continue
+        for node in ast.walk(tree):
+            uses_front = any(_unit(t) == "__init__" for t in _imported(module, path, node))
+            uses_front |= (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                           and node.value.id == "unigen" and node.attr in front_names)
+            if uses_front:
+                found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "modules inside unigen/ use the package front; import the submodule instead:\n" + "\n".join(found)
 
 
 def test_pure_jax_tests_need_no_torch():

@@ -11,7 +11,7 @@ def from_pretrained(path: str, *, subfolder: str | None = None, revision: str | 
     "org/name" (`revision`: a branch, tag or commit hash; the local cache first, else a download;
     unigen/hub.py) (unigen/pretrained.py). `component` returns one part of a composite model, e.g.
     an LZN work dir's "encoder" or "classifier"."""
-    import unigen.training.checkpoint  # noqa: F401  (registers training work dirs as a source)
+    # Training work dirs are a registered source (unigen/convert/registry.py ABOVE), imported when needed.
     from unigen.pretrained import from_pretrained as _load
     return _load(path, subfolder=subfolder, revision=revision, component=component, **overrides)
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unigen import parallel
+import unigen.parallel as parallel
 from unigen.diffusion import check_objective, classifier_free_guidance, samplers
 
 SAMPLERS = {"ddpm": samplers.ddpm, "ddim": samplers.ddim, "dpm_solver_2m": samplers.dpm_solver_2m,

@@ -22,14 +22,18 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty DST, replacing its params/ and unigen_config.json (only those)")
     args = parser.parse_args(argv)
-    import unigen
+    # What unigen.from_pretrained does for a path or hub id, from this package and unigen.hub: importing
+    # unigen.pretrained (which imports this package) from here would make the two depend on each other.
+    from unigen.convert.load import load
+    from unigen.convert.unigen_format import save_pretrained
     from unigen.errors import UnigenError
+    from unigen.hub import resolve
 
     try:
         check_destination(args.src, args.dst, overwrite=args.overwrite)
-        model = unigen.from_pretrained(args.src, subfolder=args.subfolder, revision=args.revision,
-                                       **({} if args.num_heads is None else {"num_heads": args.num_heads}))
-        unigen.save_pretrained(model, args.dst)
+        model = load(resolve(args.src, subfolder=args.subfolder, revision=args.revision),
+                     **({} if args.num_heads is None else {"num_heads": args.num_heads}))
+        save_pretrained(model, args.dst)
     except UnigenError as e:  # expected failures: one line; anything else keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,10 +11,16 @@
 Folder loaders are called `load(folder, config_dict, **overrides)`, file and other folder
 loaders `load(path, **overrides)`; each returns an `nnx.Module`. unigen's own format
 (`unigen_config.json`) dispatches on the model kind through `unigen.models.registry`.
+
+A source whose loader lives in a layer above this package registers itself when its module is
+imported, and is named in `ABOVE` so that every reader of this registry knows it without importing
+that layer by statement (a training work dir: its loader builds the run the work dir's config
+names, so `unigen.training` imports this package, never the other way).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from unigen.errors import WeightError
@@ -24,6 +30,23 @@ _TRANSFORMERS: dict[str, Callable] = {}
 _FILES: list[tuple[str, Callable[[str], bool], Callable]] = []
 _FOLDERS: list[tuple[str, Callable[[str], bool], Callable]] = []
 _TASK_FROZEN: list[tuple[str, Callable[[str], bool], Callable]] = []
+
+# Modules that register sources on import and sit above this package. A lookup that finds no loader
+# imports them (once) and looks again, so `unigen.pretrained.from_pretrained`, `python -m
+# unigen.convert` and a task loading a frozen encoder read work dirs whatever else they imported.
+ABOVE = ("unigen.training.checkpoint",)
+_above_imported = False
+
+
+def _import_above() -> bool:
+    """Import the `ABOVE` modules unless done; True when this call imported them (a lookup may retry)."""
+    global _above_imported
+    if _above_imported:
+        return False
+    _above_imported = True
+    for name in ABOVE:
+        importlib.import_module(name)
+    return True
 
 
 def register_diffusers(class_name: str):
@@ -82,9 +105,17 @@ def register_task_frozen(name: str, detect: Callable[[str], bool]):
     return _add(_TASK_FROZEN, name, detect)
 
 
+def _find(table, path: str):
+    found = next(((name, load) for name, detect, load in table if detect(path)), None)
+    if found is None and _import_above():
+        return _find(table, path)
+    return found
+
+
 def task_frozen(path: str) -> dict:
     """The task-side arrays stored with `path` ({} when its source keeps none)."""
-    return next((read(path) for _, detect, read in _TASK_FROZEN if detect(path)), {})
+    found = _find(_TASK_FROZEN, path)
+    return {} if found is None else found[1](path)
 
 
 def diffusers_loader(class_name: str):
@@ -96,13 +127,14 @@ def transformers_loader(model_type: str):
 
 
 def file_loader(path: str):
-    return next(((name, load) for name, detect, load in _FILES if detect(path)), None)
+    return _find(_FILES, path)
 
 
 def folder_loader(path: str):
-    return next(((name, load) for name, detect, load in _FOLDERS if detect(path)), None)
+    return _find(_FOLDERS, path)
 
 
 def known_sources() -> str:
+    _import_above()
     return (f"diffusers classes {sorted(_DIFFUSERS)}, transformers model types {sorted(_TRANSFORMERS)}, "
             f"files: {[n for n, _, _ in _FILES]}, folders: {[n for n, _, _ in _FOLDERS]} or unigen's own format")

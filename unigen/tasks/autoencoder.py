@@ -69,12 +69,8 @@ class AutoencoderOptions:
 
 def load_foundation(path: str):
     """The frozen encoder at `path`: a module with `tokens(x)` (an LZN work dir: its encoder)."""
-    import unigen
-    from unigen.errors import WeightError
-    try:
-        model = unigen.from_pretrained(path)
-    except WeightError as e:
-        raise ConfigError(f"config.vavae.foundation={path!r}: {e}") from None
+    from unigen.tasks.frozen import load_frozen
+    model = load_frozen(path, "vavae.foundation")
     if not hasattr(model, "tokens") and hasattr(model, "component"):
         model = model.component("encoder")
     if not hasattr(model, "tokens"):

@@ -33,14 +33,14 @@ LATENT_SAMPLE_STREAM = 0x5A7E  # fold_in tag of the posterior-sample noise (apar
 
 class LatentSpace:
     def __init__(self, cfg):
-        from unigen.tokenizers.codec import LatentCodec
+        from unigen.tasks.frozen import latent_codec
 
         d = cfg.data
         self.name, self.image_size, self.data_dir = d.name, int(d.image_size), d.get("data_dir") or None
         self.norm = d.get("latent_norm", "vae")
         if self.norm not in NORMS:
             raise ConfigError(f"config.data.latent_norm={self.norm!r}: use one of {NORMS}")
-        self.codec = LatentCodec.from_path(d.latent_encoder)
+        self.codec = latent_codec(d.latent_encoder)
         self.shape = self.codec.latent_shape(self.image_size)
         for field, want in (("latent_channels", self.codec.latent_channels),
                             ("latent_downsample", self.codec.downsample)):

@@ -67,12 +67,8 @@ class RAEOptions:
 
 def load_encoder(path: str):
     """The representation encoder at `path` (an LZN work dir: its image encoder; DINOv2)."""
-    import unigen
-    from unigen.errors import WeightError
-    try:
-        model = unigen.from_pretrained(path)
-    except WeightError as e:
-        raise ConfigError(f"config.rae.encoder={path!r}: {e}") from None
+    from unigen.tasks.frozen import load_frozen
+    model = load_frozen(path, "rae.encoder")
     if hasattr(model, "component") and not hasattr(model, "tokens"):
         try:
             model = model.component("encoder")

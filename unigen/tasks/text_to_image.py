@@ -35,9 +35,9 @@ TEXT_CONDITIONS = ("context", "pooled")
 
 @functools.lru_cache(maxsize=4)
 def _load_encoder(name: str):
-    import unigen
+    from unigen.pretrained import from_pretrained
     from unigen.text import resolve_text_encoder
-    return unigen.from_pretrained(resolve_text_encoder(name))
+    return from_pretrained(resolve_text_encoder(name))
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,8 +1,11 @@
 """A frozen image tokenizer as the data side sees it: pixels -> latent moments, latents -> pixels.
 
-    codec = LatentCodec.from_path("sd-vae-ft-ema")      # anything unigen.from_pretrained reads
-    mean, logvar = codec.encode(images)                 # NHWC in [-1, 1] -> (B, h, w, C) each
-    images = codec.decode(latents)                      # raw (unnormalised) latents -> [-1, 1]
+    codec = LatentCodec(unigen.from_pretrained("sd-vae-ft-ema"))   # a tokenizer module
+    mean, logvar = codec.encode(images)           # NHWC in [-1, 1] -> (B, h, w, C) each
+    images = codec.decode(latents)                # raw (unnormalised) latents -> [-1, 1]
+
+A task reads the tokenizer its config names with `unigen.tasks.frozen.latent_codec(path)` (one per
+path and process); this module loads nothing itself, being below the loaders (unigen/convert).
 
 The tokenizer module must have `encode(x) -> (mean, logvar)`, `decode(z)`, `downsample_factor`
 and a config with `latent_channels`, `scaling_factor` and `shift_factor` (unigen's
@@ -18,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 
 import numpy as np
 
@@ -59,10 +61,6 @@ class LatentCodec:
         # diffusion trains on them as they are.
         self.deterministic = bool(getattr(model, "deterministic", False))
 
-    @classmethod
-    def from_path(cls, path: str) -> "LatentCodec":
-        return _cached(os.path.abspath(os.path.expanduser(os.fspath(path))))
-
     @functools.cached_property
     def fingerprint(self) -> str:
         """A hash of the tokenizer's kind, config and every weight (hex, 32 characters)."""
@@ -101,19 +99,3 @@ class LatentCodec:
 def _config_fields(cfg) -> dict:
     import dataclasses
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached(path: str) -> LatentCodec:
-    # Loaded once per process: validation, the data pipeline and the sample decoder share it.
-    import unigen
-    from unigen.errors import WeightError
-    if not os.path.exists(path):
-        raise ConfigError(f"config.data.latent_encoder={path!r}: no such file or folder; give a tokenizer path "
-                          f"unigen.from_pretrained reads (a diffusers AutoencoderKL folder such as sd-vae-ft-ema, "
-                          f"a pipeline folder with vae/, or a VA-VAE training work dir)")
-    try:
-        model = unigen.from_pretrained(path)
-    except WeightError as e:
-        raise ConfigError(f"config.data.latent_encoder={path!r}: {e}") from None
-    return LatentCodec(model, source=path)

@@ -329,6 +329,10 @@ def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | 
     return build_filled(kind.module, new_cfg, flat, workdir)
 
 
+# Work dirs as a source of `unigen.pretrained.from_pretrained`: registered when this module is imported,
+# which unigen.convert.registry does by name (its ABOVE) when a lookup finds no loader, so the loaders
+# below training (a task's frozen encoder, `python -m unigen.convert`) read work dirs without importing
+# training, which imports them.
 @register_task_frozen("unigen training work dir", is_workdir)
 def load_task_frozen(workdir: str) -> dict:
     """The task's frozen parts of a work dir (e.g. an LZN classifier's reference images), as

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     quiet_third_party_logs()
     try:
         cfg, fv = parse_flags(argv)
-        from unigen import parallel
+        import unigen.parallel as parallel
         if fv.coordinator_address or fv.num_processes:
             parallel.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
         from unigen.training.loop import train

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen import parallel
+import unigen.parallel as parallel
 from unigen.errors import CheckpointError, ConfigError, UnigenError
 from unigen.images import save_grid
 from unigen.models import kind_of

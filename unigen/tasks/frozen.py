@@ -1,0 +1,40 @@
+"""A task's frozen parts read from a path in its config: a foundation or representation encoder, a
+latent tokenizer. They load through `unigen.pretrained.from_pretrained` (every source it reads,
+training work dirs included: unigen/convert/registry.py), never through the package front `unigen`,
+which is for users (DESIGN.md principle 12); a source that cannot be read is a ConfigError naming
+the config field that gave it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from unigen.errors import ConfigError
+
+
+def load_frozen(path: str, field: str):
+    """The module at `path`, which `config.<field>` names."""
+    from unigen.errors import WeightError
+    from unigen.pretrained import from_pretrained
+    try:
+        return from_pretrained(path)
+    except WeightError as e:
+        raise ConfigError(f"config.{field}={path!r}: {e}") from None
+
+
+def latent_codec(path: str):
+    """The `LatentCodec` (unigen/tokenizers/codec.py) of the tokenizer at `path`, for
+    `config.data.latent_encoder`; one per path and process."""
+    return _codec(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+@functools.lru_cache(maxsize=4)
+def _codec(path: str):
+    # Loaded once per process: validation, the data pipeline and the sample decoder share it.
+    from unigen.tokenizers.codec import LatentCodec
+    if not os.path.exists(path):
+        raise ConfigError(f"config.data.latent_encoder={path!r}: no such file or folder; give a tokenizer path "
+                          f"unigen.from_pretrained reads (a diffusers AutoencoderKL folder such as sd-vae-ft-ema, "
+                          f"a pipeline folder with vae/, or a VA-VAE training work dir)")
+    return LatentCodec(load_frozen(path, "data.latent_encoder"), source=path)
