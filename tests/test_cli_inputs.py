@@ -200,7 +200,7 @@ def test_output_checks_create_nothing(tmp_path):
     """check_output_folder (a DiT pipeline's FILE_images/) and check_output_file leave no trace:
     a missing folder is probed in its nearest existing parent, not created."""
     from unigen.errors import ConfigError
-    from unigen.infer.args import check_output_file, check_output_folder
+    from unigen.cli_args import check_output_file, check_output_folder
 
     (tmp_path / "s_images").write_text("x")
     with pytest.raises(ConfigError, match="s_images is a file"):

@@ -9,7 +9,7 @@ import sys
 
 
 def main(argv=None):
-    from unigen.infer.args import Parser, int_at_least
+    from unigen.cli_args import Parser, int_at_least
 
     parser = Parser(prog="python -m unigen.convert", description=__doc__)
     parser.add_argument("src", help="official DiT .pt/.safetensors, diffusers folder, unigen folder, "
@@ -50,7 +50,7 @@ def check_destination(src: str, dst: str, *, overwrite: bool) -> None:
     --overwrite replaces exactly those."""
     from unigen.convert import registry
     from unigen.errors import ConfigError
-    from unigen.infer.args import check_output_folder
+    from unigen.cli_args import check_output_folder
 
     check_output_folder(dst, "DST")
     if not os.path.isdir(dst):

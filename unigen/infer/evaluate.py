@@ -47,7 +47,7 @@ def load_samples(path: str) -> dict[str, np.ndarray]:
 
 
 def _parse(argv):
-    from unigen.infer.args import Parser, int_at_least
+    from unigen.cli_args import Parser, int_at_least
 
     p = Parser(prog="infer/evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", required=True, help="npz with images, labels[, seed]")
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from unigen.errors import UnigenError
     try:
         if args.json:  # checked first: a destination that cannot be written never costs an evaluation
-            from unigen.infer.args import check_output_file
+            from unigen.cli_args import check_output_file
             check_output_file(args.json, "--json")
         s = load_samples(args.samples)
     except UnigenError as e:

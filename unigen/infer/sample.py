@@ -36,7 +36,7 @@ import numpy as np
 
 
 def _parse(argv):
-    from unigen.infer.args import SEED_LIMIT, Parser, class_list, finite_float, guided_channels, int_at_least
+    from unigen.cli_args import SEED_LIMIT, Parser, class_list, finite_float, guided_channels, int_at_least
 
     positive, seed = int_at_least(1), int_at_least(0, below=SEED_LIMIT)
     p = Parser(prog="infer/sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +113,7 @@ def _sample(args) -> int:
 
     from unigen.errors import ConfigError
     from unigen.images import save_grid
-    from unigen.infer.args import check_output_file
+    from unigen.cli_args import check_output_file
 
     if not args.out.endswith(".npz"):
         raise ConfigError(f"--out {args.out!r} must end with .npz")
@@ -215,7 +215,7 @@ def _sample(args) -> int:
 
 def _class_ids(args) -> list[int] | None:
     """--classes (comma list) then every --class, in order; None when neither is given."""
-    classes = None if args.classes is None else list(args.classes)  # parsed by infer/args.py's class_list
+    classes = None if args.classes is None else list(args.classes)  # parsed by unigen/cli_args.py's class_list
     if args.class_ids:
         classes = (classes or []) + list(args.class_ids)
     return classes

@@ -36,7 +36,7 @@ def sample_pipeline(args, classes) -> int:
     if args.sampler is not None and args.sampler not in ("ddim", "dpm_solver_2m"):
         raise ConfigError(f"--sampler {args.sampler!r}: a DiT pipeline reads its scheduler config as 'ddim' "
                           f"(DDIMScheduler) or 'dpm_solver_2m' (DPMSolverMultistepScheduler)")
-    from unigen.infer.args import check_output_folder
+    from unigen.cli_args import check_output_folder
     check_output_folder(args.out[:-4] + "_images", "--out (its _images/ folder)")  # before the pipeline is read
     pipe = DiTPipeline.from_pretrained(args.pretrained, vae=args.vae, scheduler=args.sampler)
     steps = 50 if args.steps is None else args.steps  # DiTPipeline.__call__'s defaults

@@ -5,7 +5,8 @@ or turn into a silent wrong result (`--cfg-scale nan` samples all-NaN images) is
 command line is parsed, naming the flag and the valid range; a destination that cannot be written
 is refused before any model is read (`check_output_file`, `check_output_folder`), so no sampling or
 evaluation work is lost to it. Both print one `error:` line and exit with status 2, as every
-expected failure of these commands does (unigen/errors.py).
+expected failure of these commands does (unigen/errors.py). It sits beside the sub-packages, not in
+unigen/infer/, because `python -m unigen.convert` uses it and training (which infer imports) imports convert.
 """
 
 from __future__ import annotations
