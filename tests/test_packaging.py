@@ -115,6 +115,22 @@ def test_no_module_inside_unigen_uses_the_package_front():
     assert not found, "modules inside unigen/ use the package front; import the submodule instead:\n" + "\n".join(found)
 
 
+def test_loaders_below_training_know_work_dirs(tmp_path):
+    # A task's frozen encoder and `python -m unigen.convert` load through unigen.convert's registry without
+    # importing training (which imports them); the work-dir source still answers there, imported by name
+    # (registry.ABOVE) on the first lookup that finds no loader. A fresh process, so nothing else imported it.
+    import subprocess
+    import sys
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    code = ("import sys; from unigen.convert import registry; "
+            "assert 'unigen.training' not in sys.modules, 'convert imported training'; "
+            "found = registry.folder_loader(sys.argv[1]); print(found and found[0])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         cwd=str(tmp_path), env=dict(os.environ, PYTHONSAFEPATH="1"))
+    assert out.returncode == 0 and out.stdout.strip() == "unigen training work dir", out.stdout + out.stderr[-2000:]
+
+
 def test_pure_jax_tests_need_no_torch():
     # Collected as on a machine without torch/diffusers/transformers: only the parity modules
     # skip whole; every other module imports (its parity tests skip one by one).
