@@ -61,10 +61,10 @@ def _one_error_line(rc, err, *needles):
 
 
 def _train_main(monkeypatch, config, workdir, *args, tiny=TINY):
-    # config_flags finds the `--config.*` overrides in sys.argv, so the in-process call sets it as a run would
+    # sys.argv is not this command line: main(argv) must read its `--config.*` overrides from argv
     from unigen.training.cli import main
     argv = ["--config", os.path.join(ROOT, "configs", config), "--workdir", str(workdir), *tiny, *args]
-    monkeypatch.setattr(sys, "argv", ["train/train.py", *argv])
+    monkeypatch.setattr(sys, "argv", ["pytest"])
     return main(argv)
 
 

@@ -29,14 +29,16 @@ def parse_flags(argv: list[str]):
     from unigen.errors import ConfigError
 
     fv = flags.FlagValues()
+    argv = ["train/train.py"] + [a.replace("--no-progress", "--noprogress") for a in argv]
+    # sys_argv: ml_collections reads the `--config.x=` overrides from sys.argv unless given the
+    # command line; an in-process main(argv) must use its own argv
     config = config_flags.DEFINE_config_file("config", None, "a Python config file defining get_config()",
-                                             flag_values=fv, lock_config=True)
+                                             flag_values=fv, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "where checkpoints, metrics and samples go", flag_values=fv)
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process)", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "number of processes (multi-process)", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "this process's index (multi-process)", flag_values=fv)
     flags.DEFINE_boolean("progress", True, "show a progress bar (--noprogress: logs only)", flag_values=fv)
-    argv = ["train/train.py"] + [a.replace("--no-progress", "--noprogress") for a in argv]
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
         print(__doc__ + "\n" + fv.get_help())
         raise SystemExit(0)
