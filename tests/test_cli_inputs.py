@@ -208,3 +208,13 @@ def test_output_checks_create_nothing(tmp_path):
     check_output_folder(str(tmp_path / "a" / "b"), "DST")
     check_output_file(str(tmp_path / "c" / "s.npz"), "--out")
     assert os.listdir(tmp_path) == ["s_images"]
+
+
+def test_train_main_reads_overrides_from_its_argv(monkeypatch):
+    # ml_collections reads `--config.x=` overrides from sys.argv by default; an in-process call
+    # (a notebook, a test) passes its own command line.
+    from unigen.training.cli import parse_flags
+    monkeypatch.setattr(sys, "argv", ["python"])
+    cfg, fv = parse_flags(["--config", os.path.join(ROOT, "configs", "dit_digits.py"), "--workdir", "w",
+                           "--config.train.steps=7"])
+    assert cfg.train.steps == 7 and fv.workdir == "w"
