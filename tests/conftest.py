@@ -50,7 +50,8 @@ def pytest_unconfigure(config):
 # --no-loadscope-reorder) end at about the same time, instead of one running the README's
 # commands alone at the end.
 SLOWEST_FIRST = ("test_readme.py", "test_notebook.py", "test_training.py", "test_unidiffuser.py", "test_lzn.py",
-                 "test_reliability.py", "test_vavae.py", "test_rae.py", "test_parallel.py", "test_plugins.py")
+                 "test_fingerprints.py", "test_reliability.py", "test_vavae.py", "test_rae.py", "test_parallel.py",
+                 "test_plugins.py", "test_released_encoders.py", "test_dit_pipeline.py", "test_released_networks.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
