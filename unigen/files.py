@@ -37,13 +37,17 @@ def unreadable(path: str, e: OSError, error: type[UnigenError] = WeightError) ->
 
 
 def read_json(path: str, *, error: type[UnigenError] = WeightError, expect: type = dict,
-              optional: bool = False, fix: str = DAMAGED):
+              optional: bool = False, missing: str | None = None, fix: str = DAMAGED):
     """The JSON value in the file at `path`, which must be an `expect` (an object by default).
 
-    `optional`: an absent file reads as an empty `expect` (`{}`). Any failure to read the file or
-    parse it, or a value of another type, raises `error` naming the path, followed by `fix`."""
-    if optional and not os.path.exists(path):
-        return expect()
+    `optional`: an absent file reads as an empty `expect` (`{}`); `missing`: the message of the
+    `error` for an absent file (what the folder is not without it), instead of "no file at path".
+    Any failure to read the file or parse it, or a value of another type, raises `error` naming
+    the path, followed by `fix`."""
+    if (optional or missing is not None) and not os.path.exists(path):
+        if optional:
+            return expect()
+        raise error(missing)
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -119,10 +119,8 @@ def bert_to_flat(sd: dict[str, np.ndarray], cfg: BertConfig, *, source: str = "B
 
 
 def _read_config(folder: str) -> dict:
-    path = os.path.join(folder, "config.json")
-    if not os.path.exists(path):
-        raise WeightError(f"{folder}: no config.json, so this is not a transformers BERT folder")
-    return read_json(path)
+    return read_json(os.path.join(folder, "config.json"),
+                     missing=f"{folder}: no config.json, so this is not a transformers BERT folder")
 
 
 def load_text_encoder(folder: str, **overrides) -> TextEncoder:

@@ -274,11 +274,9 @@ def load_dinov2(path: str, **overrides) -> Dinov2:
         if not isinstance(model, Dinov2):
             raise WeightError(f"{path} holds a unigen {type(model).__name__}, not a Dinov2")
         return model
-    config_path = os.path.join(path, "config.json")
-    if not os.path.exists(config_path):
-        raise WeightError(f"{path}: no config.json, so this is not a transformers DINOv2 folder "
-                          f"(expected model_type 'dinov2' or 'dinov2_with_registers')")
-    config = read_json(config_path)
+    config = read_json(os.path.join(path, "config.json"),
+                       missing=f"{path}: no config.json, so this is not a transformers DINOv2 folder "
+                               f"(expected model_type 'dinov2' or 'dinov2_with_registers')")
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         if model_type:

@@ -96,15 +96,14 @@ class DiTPipeline:
     def from_pretrained(cls, path, *, vae=None, scheduler: str | None = None,
                         revision: str | None = None) -> "DiTPipeline":
         """Read a diffusers DiTPipeline folder, or a hub id's (`revision`: a branch, tag or commit
-        hash; unigen/hub.py: the local cache first, else a download). `vae`: a path `from_pretrained` reads, replacing (or
-        supplying) the folder's `vae/`. `scheduler`: read scheduler_config.json as another class
+        hash; unigen/hub.py: the local cache first, else a download). `vae`: a path
+        `from_pretrained` reads, replacing (or supplying) the folder's `vae/`. `scheduler`: read scheduler_config.json as another class
         ("DDIMScheduler", "DPMSolverMultistepScheduler", or unigen's "ddim" / "dpm_solver_2m"),
         as diffusers' `Cls.from_config(pipe.scheduler.config)`."""
         folder = resolve(path, revision=revision)
         index_path = os.path.join(folder, MODEL_INDEX)
-        if not os.path.isfile(index_path):
-            raise WeightError(f"{folder}: no {MODEL_INDEX}; a pipeline folder (diffusers save_pretrained) has one")
-        index = read_json(index_path)
+        index = read_json(index_path,
+                          missing=f"{folder}: no {MODEL_INDEX}; a pipeline folder (diffusers save_pretrained) has one")
         if index.get("_class_name") != "DiTPipeline":
             raise WeightError(f"{index_path}: _class_name {index.get('_class_name')!r}; this reads 'DiTPipeline'")
         transformer = _load_transformer(os.path.join(folder, "transformer"))
@@ -117,11 +116,9 @@ class DiTPipeline:
         else:
             vae_model = _load_vae(os.fspath(vae), "vae=")
         sched_path = os.path.join(folder, "scheduler", "scheduler_config.json")
-        if not os.path.isfile(sched_path):
-            raise WeightError(f"{folder}: no scheduler/scheduler_config.json")
+        sched_config = read_json(sched_path, missing=f"{folder}: no scheduler/scheduler_config.json")
         name = SCHEDULER_OF.get(scheduler, scheduler)
-        sched = read_scheduler(read_json(sched_path), where=sched_path, class_name=name,
-                               in_channels=transformer.cfg.in_channels)
+        sched = read_scheduler(sched_config, where=sched_path, class_name=name, in_channels=transformer.cfg.in_channels)
         return cls(transformer, vae_model, sched, index.get("id2label"))
 
     def get_label_ids(self, names) -> list[int]:

@@ -76,11 +76,9 @@ def _text_encoder_folder(folder: str) -> str:
     encode text, with a traceback."""
     if os.path.isfile(os.path.join(folder, "modules.json")):
         return folder
-    config_path = os.path.join(folder, "config.json")
-    if not os.path.isfile(config_path):
-        raise WeightError(f"{folder} is not a text encoder folder (it has no modules.json or config.json). "
-                          f"{_INSTALL_HINT}")
-    config = read_json(config_path)
+    config = read_json(os.path.join(folder, "config.json"),
+                       missing=f"{folder} is not a text encoder folder (it has no modules.json or config.json). "
+                               f"{_INSTALL_HINT}")
     if config.get("model_type") in TEXT_MODEL_TYPES:
         return folder
     if "_class_name" in config:
