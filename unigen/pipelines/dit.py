@@ -81,15 +81,15 @@ class DiTPipeline:
         # label name -> id, as diffusers' DiTPipeline splits id2label's comma-separated synonyms
         self.labels = {name.strip(): int(k) for k, v in (id2label or {}).items() for name in str(v).split(",")}
         self.id2label = {int(k): str(v) for k, v in (id2label or {}).items()}
-        self._graphs = (nnx.split(transformer), nnx.split(vae))
-        t_graph, v_graph = self._graphs[0][0], self._graphs[1][0]
-        self._states = (self._graphs[0][1], self._graphs[1][1])
+        t_graph, t_state = nnx.split(transformer)
+        self._v_graph, v_state = nnx.split(vae)
+        self._states = (t_state, v_state)
 
         # Built once: the samplers' compiled loops are cached per model_fn identity.
         def model_fn(x, t, states, y):
             return nnx.merge(t_graph, states)(x, t, y)
 
-        self._model_fn, self._v_graph = model_fn, v_graph
+        self._model_fn = model_fn
         self._guided, self._compiled = {}, {}
 
     @classmethod
