@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 import os
 
-from unigen.errors import ConfigError
+from unigen.errors import ConfigError, WeightError
 
 
 def load_frozen(path: str, field: str):
     """The module at `path`, which `config.<field>` names."""
-    from unigen.errors import WeightError
     from unigen.pretrained import from_pretrained
     try:
         return from_pretrained(path)
