@@ -39,7 +39,8 @@ def get_config():
     c.train = dict(
         steps=400_000, batch_size=256, grad_accum=1,
         lr=1e-4, warmup_steps=0, lr_schedule="constant", weight_decay=0.0, b1=0.9, b2=0.999, grad_clip=0.0,
-        ema_decay=0.9999, compute_dtype="bfloat16", frozen=(), cpu_custom_vjps=True, async_checkpointing=True,
+        ema_decay=0.9999, compute_dtype="bfloat16", frozen=(), lr_multipliers=(), cpu_custom_vjps=True,
+        async_checkpointing=True,
         log_every=100, checkpoint_every=5000, keep_checkpoints=3, sample_every=10_000,
     )
     c.sample = dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels=3, eta=0.0, clip_denoised=False,

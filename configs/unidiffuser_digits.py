@@ -86,7 +86,7 @@ def get_config():
         lr=5e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.03,
         b1=0.9, b2=0.99, grad_clip=1.0,
         ema_decay=0.999, compute_dtype="float32",
-        frozen=(), cpu_custom_vjps=True, async_checkpointing=True,
+        frozen=(), lr_multipliers=(), cpu_custom_vjps=True, async_checkpointing=True,
         log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
     )
 
