@@ -214,7 +214,8 @@ def workdir_of(name, runs, lzn_encoder, tmp_path_factory):
     return runs.get(name, make)
 
 
-CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if os.path.basename(p) != "common.py")  # the shared sections, not a run
 NEEDS_TEXT = ("mmdit_digits.py", "unidiffuser_digits.py")
 
 
