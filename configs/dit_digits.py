@@ -17,14 +17,23 @@ the DiT/IDDPM Gaussian diffusion (`--config.diffusion.kind=gaussian
 --config.model.learn_sigma=True`) reached FD 1.35.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.init_from = ""
-    c.imports = ()  # modules or .py files to import first (model kinds / tasks registered outside unigen)  # a unigen.from_pretrained path to start the weights from
+    c.init_from = ""  # a unigen.from_pretrained path to start the weights from
+    c.imports = ()  # modules or .py files to import first (model kinds / tasks registered outside unigen)
 
     c.data = dict(name="digits", image_size=8, channels=1, num_classes=10, data_dir="")
 
@@ -46,23 +55,8 @@ def get_config():
     c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0,
                        time_scale=1000.0, num_timesteps=1000, beta_schedule="linear", loss="hybrid")
 
-    c.train = dict(
-        steps=3000, batch_size=64, grad_accum=1,
-        lr=2e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.0,
-        b1=0.9, b2=0.99, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32",
-        frozen=(),                # regexes of parameter paths to keep frozen (not optimised / EMA'd)
-        lr_multipliers=(),        # ((regex over parameter paths, factor), ...): per-part learning rates
-        cpu_custom_vjps=True,     # CPU-tuned backward kernels in the train step (a no-op on GPUs)
-        async_checkpointing=True,  # save in a background thread (training goes on meanwhile)
-        log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
-    )
-
-    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.15, guided_channels=-1,
-                    eta=0.0, clip_denoised=True, per_class=10)
-
-    c.eval = dict(at_end=True, num_samples=5000, seeds=3, batch_size=1000,
-                  rerun=False)  # a rerun of a finished run evaluates again only if eval.json is missing
-
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.train = common.train(steps=3000)
+    c.sample = common.sample(cfg_scale=1.15, clip_denoised=True)
+    c.eval = common.eval()
+    c.mesh = common.mesh()
     return c
