@@ -19,7 +19,16 @@ its share), then trains on a fresh posterior sample per image and step; sample g
 2 steps, sample, decode) on a tiny generated imagenet2012 and a random-weight VAE folder.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
@@ -36,15 +45,13 @@ def get_config():
                    attention_backend="auto", scan_layers=True, remat=True)
     c.task = dict(name="diffusion")  # a registered task (unigen.tasks): batch, loss, grids, evaluation
     c.diffusion = dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss="hybrid")
-    c.train = dict(
-        steps=400_000, batch_size=256, grad_accum=1,
-        lr=1e-4, warmup_steps=0, lr_schedule="constant", weight_decay=0.0, b1=0.9, b2=0.999, grad_clip=0.0,
-        ema_decay=0.9999, compute_dtype="bfloat16", frozen=(), lr_multipliers=(), cpu_custom_vjps=True,
-        async_checkpointing=True,
+    c.train = common.train(
+        steps=400_000, batch_size=256,
+        lr=1e-4, warmup_steps=0, lr_schedule="constant", b2=0.999, grad_clip=0.0,
+        ema_decay=0.9999, compute_dtype="bfloat16",
         log_every=100, checkpoint_every=5000, keep_checkpoints=3, sample_every=10_000,
     )
-    c.sample = dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels=3, eta=0.0, clip_denoised=False,
-                    per_class=4)
-    c.eval = dict(at_end=False, num_samples=5000, seeds=3, batch_size=64, rerun=False)
-    c.mesh = dict(data=-1, fsdp=8, tensor=1, context=1, rules="fsdp")
+    c.sample = common.sample(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels=3, per_class=4)
+    c.eval = common.eval(at_end=False, batch_size=64)
+    c.mesh = common.mesh(fsdp=8, rules="fsdp")
     return c

@@ -25,7 +25,16 @@ seed of 5000 samples (guidance doubles the sampling cost; `--config.eval.seeds=3
 Expected on a 2-core CPU: see docs/rae.md.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
@@ -50,19 +59,11 @@ def get_config():
     c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0, shift_base_dim=64,
                        time_scale=1.0)
 
-    c.train = dict(
-        steps=2000, batch_size=64, grad_accum=1,
-        lr=1e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.0,
-        b1=0.9, b2=0.95, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32", frozen=(), lr_multipliers=(),
-        cpu_custom_vjps=True, async_checkpointing=True,
-        log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
-    )
+    c.train = common.train(steps=2000, lr=1e-3, b2=0.95)
     # RAE samples with Euler, 50 steps; DPM-Solver++(2M) with 15 steps keeps the guided evaluation samples
     # inside the job's CPU budget (sample.sampler="euler", sample.steps=50 for RAE's sampler; 30 steps
     # measured no better: FD 0.733 against 0.720).
-    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.5, guided_channels=-1, eta=0.0,
-                    clip_denoised=False, per_class=10)
-    c.eval = dict(at_end=True, num_samples=5000, seeds=1, batch_size=1000, rerun=False)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.sample = common.sample(cfg_scale=1.5)
+    c.eval = common.eval(seeds=1)
+    c.mesh = common.mesh()
     return c

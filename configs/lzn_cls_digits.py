@@ -19,7 +19,16 @@ read by the protocol's classifier, FD). What to expect on a 2-core CPU: see
 docs/lzn.md.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
@@ -47,19 +56,12 @@ def get_config():
     c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0,
                        time_scale=1000.0)
 
-    c.train = dict(
-        steps=2000, batch_size=128, grad_accum=1,
-        lr=2e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.0,
-        b1=0.9, b2=0.99, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32", frozen=(),
-        # ((regex over parameter paths, factor), ...): per-part learning rates; the label anchors
-        # learn at 1.5x the networks' rate (the reference gives each part its own rate too).
+    c.train = common.train(
+        steps=2000, batch_size=128,
+        # The label anchors learn at 1.5x the networks' rate (the reference gives each part its own rate too).
         lr_multipliers=(("^labels/", 1.5),),
-        cpu_custom_vjps=True, async_checkpointing=True,
-        log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
     )
-    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.0, guided_channels=-1,
-                    eta=0.0, clip_denoised=True, per_class=10)
-    c.eval = dict(at_end=True, num_samples=5000, seeds=3, batch_size=1000, rerun=False)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.sample = common.sample(clip_denoised=True)
+    c.eval = common.eval()
+    c.mesh = common.mesh()
     return c

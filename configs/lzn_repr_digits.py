@@ -17,7 +17,16 @@ added), and the probe on raw pixels, all measured in the same run. The encoder l
 docs/lzn.md.
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
@@ -43,17 +52,9 @@ def get_config():
                  augment=dict(max_shift=1, rotation_deg=20.0, scale_min=0.8, scale_max=1.2, shear_deg=10.0,
                               intensity=0.2))
 
-    c.train = dict(
-        steps=400, batch_size=512, grad_accum=1,
-        lr=2e-3, warmup_steps=50, lr_schedule="cosine", weight_decay=0.05,
-        b1=0.9, b2=0.99, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32", frozen=(),
-        lr_multipliers=(),        # ((regex over parameter paths, factor), ...): per-part learning rates
-        cpu_custom_vjps=True, async_checkpointing=True,
-        log_every=25, checkpoint_every=100, keep_checkpoints=2, sample_every=0,
-    )
-    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.0, guided_channels=-1,
-                    eta=0.0, clip_denoised=True, per_class=10)
-    c.eval = dict(at_end=True, num_samples=5000, seeds=3, batch_size=1000, rerun=False)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.train = common.train(steps=400, batch_size=512, warmup_steps=50, weight_decay=0.05,
+                           log_every=25, checkpoint_every=100, sample_every=0)
+    c.sample = common.sample(clip_denoised=True)  # unused: the encoder does not sample
+    c.eval = common.eval()
+    c.mesh = common.mesh()
     return c

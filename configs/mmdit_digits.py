@@ -16,14 +16,24 @@ Guidance uses the empty prompt as the null condition (trained with 10% prompt dr
 Objective: rectified flow with SD3's logit-normal timesteps (SD3 §3.1) and its timestep shift
 (eq. 23; `diffusion.shift`, used by training and by the sampler's grid). SD3 shifts towards noise
 (s = 3) because 1024^2 images keep their structure at high noise; 8x8 digits do not, so the
-shift stays at 1 (untuned: other values are a `--config.diffusion.shift=` away); sampled with DPM-Solver++(2M), guidance 1.2. What to expect on a 2-core CPU (docs/text_to_image.md):
+shift stays at 1 (untuned: other values are a `--config.diffusion.shift=` away); sampled with
+DPM-Solver++(2M), guidance 1.2. What to expect on a 2-core CPU (docs/text_to_image.md):
 about 13 minutes for training and the evaluation (3 seeds x 2000 samples from held-out prompts):
 the digits classifier reads the prompted digit in ~99% of samples, FD ~0.36 (1.24x the
 memoriser's 0.288 at the same sample count), ~2.5% near-copies. Stronger guidance reads the
 digit more often at the cost of FD (1.5: 0.9995 and 0.58).
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
@@ -48,19 +58,8 @@ def get_config():
     c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0,
                        time_scale=1000.0)
 
-    c.train = dict(
-        steps=2000, batch_size=64, grad_accum=1,
-        lr=2e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.0,
-        b1=0.9, b2=0.99, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32",
-        frozen=(), lr_multipliers=(), cpu_custom_vjps=True, async_checkpointing=True,
-        log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
-    )
-
-    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=1.2, guided_channels=-1,
-                    eta=0.0, clip_denoised=True, per_class=10)
-
-    c.eval = dict(at_end=True, num_samples=2000, seeds=3, batch_size=1000, rerun=False)
-
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.train = common.train(steps=2000)
+    c.sample = common.sample(cfg_scale=1.2, clip_denoised=True)
+    c.eval = common.eval(num_samples=2000)
+    c.mesh = common.mesh()
     return c

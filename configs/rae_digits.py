@@ -22,14 +22,16 @@ import os
 
 import ml_collections
 
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
 
 def _lzn_encoder() -> dict:
     """The LZN representation encoder's fields, from configs/lzn_repr_digits.py."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lzn_repr_digits.py")
-    spec = importlib.util.spec_from_file_location("lzn_repr_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    lzn = module.get_config()
+    lzn = common.config("lzn_repr_digits.py")
     return dict(lzn.model.encoder, image_size=lzn.data.image_size, channels=lzn.data.channels)
 
 
@@ -55,19 +57,13 @@ def get_config():
     c.task = dict(name="rae")
     c.rae = dict(encoder="runs/lzn_repr", stats_images=50_000, l1_weight=1.0, l2_weight=0.0)
 
-    c.train = dict(
-        steps=3000, batch_size=64, grad_accum=1,
-        lr=1e-3, warmup_steps=100, lr_schedule="cosine", weight_decay=0.0,
-        b1=0.9, b2=0.95, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32",
+    c.train = common.train(
+        steps=3000, lr=1e-3, warmup_steps=100, b2=0.95,
         frozen=("^encoder/", "^latents_"),   # the encoder and the latent statistics stay fixed
-        lr_multipliers=(),
-        cpu_custom_vjps=True, async_checkpointing=True,
-        log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=0,
+        sample_every=0,
     )
     # No sampler (a tokenizer reconstructs); the section stays for the trainer's common fields.
-    c.sample = dict(sampler="euler", steps=1, cfg_scale=1.0, guided_channels=-1, eta=0.0, clip_denoised=False,
-                    per_class=8)
-    c.eval = dict(at_end=True, num_samples=0, seeds=1, batch_size=512, rerun=False)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.sample = common.sample(sampler="euler", steps=1, per_class=8)
+    c.eval = common.eval(num_samples=0, seeds=1, batch_size=512)  # no samples: PSNR, latents, probes
+    c.mesh = common.mesh()
     return c

@@ -44,7 +44,16 @@ digits more slowly than a DiT (bench/RESULTS.md). The evaluation is one seed wit
 the 3 x 5000 protocol to fit the 15-minute budget).
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
@@ -81,19 +90,8 @@ def get_config():
     c.diffusion = dict(kind="flow", time_sampling="logit_normal", loc=0.0, scale=1.0, shift=1.0, time_scale=1000.0,
                        num_timesteps=1000, beta_schedule="scaled_linear", loss="mse")
 
-    c.train = dict(
-        steps=4000, batch_size=64, grad_accum=1,
-        lr=5e-3, warmup_steps=200, lr_schedule="cosine", weight_decay=0.03,
-        b1=0.9, b2=0.99, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32",
-        frozen=(), lr_multipliers=(), cpu_custom_vjps=True, async_checkpointing=True,
-        log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=1000,
-    )
-
-    c.sample = dict(sampler="dpm_solver_2m", steps=15, cfg_scale=6.0, guided_channels=-1,
-                    eta=0.0, clip_denoised=False, per_class=10)
-
-    c.eval = dict(at_end=True, num_samples=1000, seeds=1, batch_size=1000, rerun=False)
-
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.train = common.train(steps=4000, lr=5e-3, weight_decay=0.03)
+    c.sample = common.sample(cfg_scale=6.0)
+    c.eval = common.eval(num_samples=1000, seeds=1)
+    c.mesh = common.mesh()
     return c

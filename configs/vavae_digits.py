@@ -21,7 +21,16 @@ docs/latent_diffusion.md. Use the work dir as a tokenizer with
 `--config.data.latent_encoder=runs/vavae` (configs/lightningdit_digits.py).
 """
 
+import importlib.util
+import os
+
 import ml_collections
+
+# configs/common.py: the shared train / sample / eval / mesh defaults (loaded by path, as this file is)
+_spec = importlib.util.spec_from_file_location(
+    "configs_common", os.path.join(os.path.dirname(os.path.realpath(__file__)), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
 
 
 def get_config():
@@ -47,17 +56,9 @@ def get_config():
     c.vavae = dict(foundation="runs/lzn_repr", vf_weight=0.1, adaptive=True, cos_margin=0.25, distmat_margin=0.1,
                    kl_weight=1e-6)
 
-    c.train = dict(
-        steps=3000, batch_size=64, grad_accum=1,
-        lr=1e-3, warmup_steps=100, lr_schedule="cosine", weight_decay=0.0,
-        b1=0.9, b2=0.99, grad_clip=1.0,
-        ema_decay=0.999, compute_dtype="float32", frozen=(), lr_multipliers=(),
-        cpu_custom_vjps=True, async_checkpointing=True,
-        log_every=50, checkpoint_every=500, keep_checkpoints=2, sample_every=0,
-    )
+    c.train = common.train(steps=3000, lr=1e-3, warmup_steps=100, sample_every=0)
     # No sampler (a tokenizer reconstructs); the section stays for the trainer's common fields.
-    c.sample = dict(sampler="euler", steps=1, cfg_scale=1.0, guided_channels=-1, eta=0.0, clip_denoised=False,
-                    per_class=8)
-    c.eval = dict(at_end=True, num_samples=0, seeds=1, batch_size=512, rerun=False)
-    c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
+    c.sample = common.sample(sampler="euler", steps=1, per_class=8)
+    c.eval = common.eval(num_samples=0, seeds=1, batch_size=512)  # no samples: PSNR, latents, probes
+    c.mesh = common.mesh()
     return c
