@@ -10,11 +10,19 @@ caller set already is left as it is.
   subprocesses compile the same tiny programs (a resumed run, the sampler after training, the
   evaluation classifier); each is compiled once per session. An entry is keyed by the program,
   the compile options and the XLA flags, so it changes no number.
+- UNIGEN_TESTS_SESSION_DIR (the `session_dir` fixture): a new folder for this session that every
+  worker sees, where tests on different workers build once what they share (under a lock);
+  always new.
+
+Below: which tests are end to end (the `e2e` marker: `pytest -m "not e2e"` is the fast tier), how
+`pytest -n 2` spreads the tests over its workers, and in which order they start.
 """
 
 import os
 import shutil
 import tempfile
+
+import pytest
 
 _CREATED = []  # folders this session made, removed when it ends
 
@@ -28,6 +36,7 @@ def _session_folder(name):
 def pytest_configure(config):
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller set everything up
         return
+    os.environ["UNIGEN_TESTS_SESSION_DIR"] = _session_folder("session")
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = _session_folder("jax-cache")
         # Cache every program, however quick to compile: most of the suite's are small.
@@ -39,22 +48,87 @@ def pytest_configure(config):
     prepare_digits(os.environ["TFDS_DATA_DIR"])
 
 
+@pytest.fixture(scope="session")
+def session_dir() -> str:
+    """A folder of this session shared by all its workers (tests/test_readme.py trains the work dirs
+    several pages read there once)."""
+    return os.environ["UNIGEN_TESTS_SESSION_DIR"]
+
+
 def pytest_unconfigure(config):
     while _CREATED:
         shutil.rmtree(_CREATED.pop(), ignore_errors=True)
 
 
-# The files that take longest, longest first (their seconds on 2 cores, from `--durations=0`:
-# ~600 each for the README and notebook tests, then ~350 down to ~50). They start first, so the
-# workers of `pytest -n 2` (each file whole on one worker: pyproject's --dist loadfile
-# --no-loadscope-reorder) end at about the same time, instead of one running the README's
-# commands alone at the end.
+# The files whose tests `pytest -n 2` hands to its workers one by one: each test is minutes of
+# subprocesses or a notebook kernel, and shares nothing with the others of its file but what it
+# builds in `session_dir`. Every other file goes whole to one worker (its module fixtures are
+# built once).
+SPREAD_FILES = ("test_readme.py", "test_notebook.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pyproject's `--dist loadfile`, except that the tests of SPREAD_FILES are units of their own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileSpreadingSome(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            file = super()._split_scope(nodeid)
+            return nodeid if os.path.basename(file) in SPREAD_FILES else file
+
+    return LoadFileSpreadingSome(config, log)
+
+
+EVERY_TEST = "every test"
+# The end-to-end tests, by file: each runs whole jobs as subprocesses, notebook kernels, a run
+# killed with SIGKILL and resumed, or several processes. The fast tier (`pytest -m "not e2e" -n 2`)
+# leaves them out; CI (the README's test command) runs every test. A name covers every
+# parametrization of that test function.
+E2E_TESTS = {
+    "test_readme.py": ("test_page_commands_run_in_quick_mode",),  # every command of the pages, as subprocesses
+    "test_notebook.py": EVERY_TEST,                                # notebook kernels that train and sample
+    "test_multiprocess.py": EVERY_TEST,                            # two JAX processes on one mesh
+    "test_training.py": ("test_resume_after_sigkill_is_bitwise_identical",  # SIGKILL, resume: train.py processes
+                         "test_cli_trains_fsdp_on_eight_fake_devices"),     # train.py on 8 fake devices
+}
+
+# The tests that take longest, longest first: files, or file::test for the tests of SPREAD_FILES
+# (their seconds on 2 busy cores, from `--durations=0`). They start first, so the workers of
+# `pytest -n 2` end at about the same time, instead of one running a long test alone at the end.
 SLOWEST_FIRST = ("test_readme.py", "test_notebook.py", "test_training.py", "test_unidiffuser.py", "test_lzn.py",
                  "test_fingerprints.py", "test_reliability.py", "test_vavae.py", "test_rae.py", "test_parallel.py",
                  "test_plugins.py", "test_released_encoders.py", "test_dit_pipeline.py", "test_released_networks.py")
 
 
+def _check_e2e_names(config):
+    """A UsageError for a name in E2E_TESTS that its file no longer defines (a renamed test would
+    silently join the fast tier)."""
+    for file, names in E2E_TESTS.items():
+        with open(os.path.join(config.rootpath, "tests", file)) as f:
+            source = f.read()
+        gone = [n for n in ([] if names == EVERY_TEST else names) if f"def {n}(" not in source]
+        if gone:
+            raise pytest.UsageError(f"tests/conftest.py E2E_TESTS names {gone}, which tests/{file} does not define")
+
+
+def _rank(item, rank):
+    file = item.path.name
+    for key in (f"{file}::{item.name}", f"{file}::{item.originalname}", file):
+        if key in rank:
+            return rank[key]
+    return len(rank)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks added here
 def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    # A stable sort: each file's tests stay together and in their own order.
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    _check_e2e_names(config)
+    for item in items:
+        names = E2E_TESTS.get(item.path.name, ())
+        if names == EVERY_TEST or item.originalname in names:
+            item.add_marker(pytest.mark.e2e)
+    rank = {key: i for i, key in enumerate(SLOWEST_FIRST)}
+    # A stable sort: the tests of a file (of a test, in SPREAD_FILES) stay together, in their order.
+    items.sort(key=lambda item: _rank(item, rank))

@@ -226,7 +226,6 @@ def test_every_config_has_a_fingerprint():
             "record the new config's fingerprint: UNIGEN_RECORD_FINGERPRINTS=1 pytest -n 0 tests/test_fingerprints.py"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param(n, marks=needs_minilm) if n in NEEDS_TEXT else n for n in CONFIGS])
 def test_quick_mode_fingerprint(name, runs, lzn_encoder, tmp_path_factory, tmp_path):
     workdir = workdir_of(name, runs, lzn_encoder, tmp_path_factory)

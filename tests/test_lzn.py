@@ -163,7 +163,6 @@ def _train(cfg, workdir):
     return train(cfg, str(workdir), progress=False)
 
 
-@pytest.mark.slow
 def test_generation_task_trains_samples_and_evaluates(tmp_path):
     result = _train(config("lzn_gen_digits.py", *TINY_ENCODER, *TINY_DECODER, *QUICK), tmp_path / "gen")
     assert np.isfinite(result["loss"]) and "recon_loss" in result and "label_loss" not in result
@@ -175,7 +174,6 @@ def test_generation_task_trains_samples_and_evaluates(tmp_path):
         unigen.from_pretrained(str(tmp_path / "gen"), component="classifier")
 
 
-@pytest.mark.slow
 def test_classification_task_classifies_and_generates_each_class(tmp_path):
     cfg = config("lzn_cls_digits.py", *TINY_ENCODER, *TINY_DECODER, *QUICK)
     result = _train(cfg, tmp_path / "cls")
@@ -192,7 +190,6 @@ def test_classification_task_classifies_and_generates_each_class(tmp_path):
     assert list(pred[:4]) == one_by_one  # per image: the same prediction alone or in a batch
 
 
-@pytest.mark.slow
 def test_representation_task_trains_on_two_views_and_probes(tmp_path):
     result = _train(config("lzn_repr_digits.py", *TINY_ENCODER, *QUICK), tmp_path / "repr")
     assert np.isfinite(result["alignment_loss"])

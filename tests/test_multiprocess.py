@@ -37,7 +37,6 @@ def result_of(stdout: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-@pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
     port, mesh = free_port(), json.dumps({"fsdp": 8})
     out = tmp_path / "multi.npz"

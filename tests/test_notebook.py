@@ -1,4 +1,5 @@
-"""The Colab notebooks run headless in quick mode, so they never rot."""
+"""The Colab notebooks run headless in quick mode, so they never rot. Each notebook is one test
+(end to end: a kernel trains and samples), so `pytest -n 2` spreads them over its workers."""
 
 import os
 
@@ -23,7 +24,6 @@ def run_notebook(name, tmp_path, monkeypatch, env):
     return text, sum("image/png" in o.get("data", {}) for o in outputs)
 
 
-@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     text, images = run_notebook("quickstart.ipynb", tmp_path, monkeypatch, {
         "UNIGEN_QUICKSTART_QUICK": "1", "UNIGEN_QUICKSTART_WORKDIR": str(tmp_path / "run")})
@@ -32,7 +32,6 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "loss.png")
 
 
-@pytest.mark.slow
 def test_text_to_image_notebook_runs(tmp_path, monkeypatch):
     from unigen.text.resolve import minilm_package_folder
     if minilm_package_folder()[0] is None:
@@ -44,7 +43,6 @@ def test_text_to_image_notebook_runs(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "prompts.png")
 
 
-@pytest.mark.slow
 def test_latent_zoning_notebook_runs(tmp_path, monkeypatch):
     text, images = run_notebook("latent_zoning.ipynb", tmp_path, monkeypatch, {
         "UNIGEN_LZN_QUICK": "1", "UNIGEN_LZN_WORKDIR": str(tmp_path / "run")})
@@ -56,7 +54,6 @@ def test_latent_zoning_notebook_runs(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "lzn_gen" / "samples_0000004.png")
 
 
-@pytest.mark.slow
 def test_latent_diffusion_notebook_runs(tmp_path, monkeypatch):
     text, images = run_notebook("latent_diffusion.ipynb", tmp_path, monkeypatch, {
         "UNIGEN_LD_QUICK": "1", "UNIGEN_LD_WORKDIR": str(tmp_path / "run")})
@@ -69,7 +66,6 @@ def test_latent_diffusion_notebook_runs(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "latents" / "latents.json")
 
 
-@pytest.mark.slow
 def test_rae_notebook_runs(tmp_path, monkeypatch):
     text, images = run_notebook("rae.ipynb", tmp_path, monkeypatch, {
         "UNIGEN_RAE_QUICK": "1", "UNIGEN_RAE_WORKDIR": str(tmp_path / "run")})
@@ -84,7 +80,6 @@ def test_rae_notebook_runs(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "latents" / "latents.json")
 
 
-@pytest.mark.slow
 def test_unidiffuser_notebook_runs(tmp_path, monkeypatch):
     from unigen.text.resolve import minilm_package_folder
     if minilm_package_folder()[0] is None:

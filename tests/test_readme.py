@@ -1,12 +1,17 @@
 """Every command the README and the family pages (docs/*.md) show runs as written, in a quick mode:
 the same command line with overrides that make it small (a 2-step tiny model, a few sampling
-steps), in one scratch folder, page after page in PAGES order (later pages use earlier work dirs:
-runs/digits, runs/lzn_repr, runs/vavae, runs/rae). Multi-device commands run on 8 fake CPU devices."""
+steps). Each page is one test, its commands in order in one scratch folder, so `pytest -n 2`
+spreads the pages over its workers; a work dir that later pages read (runs/digits, runs/lzn_repr)
+is trained once per session in a folder the workers share. Multi-device commands run on 8 fake
+CPU devices."""
 
+import fcntl
 import glob
 import os
+import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -51,11 +56,13 @@ QUICK_SAMPLE = ["--steps", "2"]
 QUICK_BENCH = {"lzn_generation.py": ["--quick", "--no-progress"], "vavae_alignment.py": ["--quick", "--no-progress"]}
 
 
-# The pages whose bash blocks run, in this order: a page's commands may use the work dirs of the
-# pages before it (the main job's runs/digits; the LZN representation encoder runs/lzn_repr, which
-# the tokenizers and UniDiffuser take as a frozen part).
+# The pages whose bash blocks run, in reading order; a page's commands may use the work dirs that
+# the pages before it train (the main job's runs/digits; the LZN representation encoder
+# runs/lzn_repr, which the tokenizers and UniDiffuser take as a frozen part).
 PAGES = ("README.md", "docs/dit_digits.md", "docs/text_to_image.md", "docs/lzn.md", "docs/latent_diffusion.md",
          "docs/rae.md", "docs/unidiffuser.md", "docs/multi_gpu.md", "docs/library.md")
+# The folders of the repository the commands name, linked into each scratch folder they run in.
+SOURCE_FOLDERS = ("train", "infer", "configs", "bench")
 
 
 def _bash_blocks(page: str) -> list[str]:
@@ -85,7 +92,60 @@ def readme_commands(pages=PAGES) -> list[list[str]]:
     return commands
 
 
+def written_work_dir(words) -> str | None:
+    """The work dir a command writes: the --workdir of a training or bench script (infer/ scripts
+    read theirs; None for those and for commands without one)."""
+    script = words[words.index("python") + 1]
+    return words[words.index("--workdir") + 1] if not script.startswith("infer/") and "--workdir" in words else None
+
+
+def work_dirs_read(words) -> set[str]:
+    """The relative runs/... folders a command names (as a value or after `=`), less the one it writes."""
+    named = {m.group(1) for w in words for m in [re.match(r"(?:[^=]*=)?(runs/[\w.-]+)$", w)] if m}
+    return named - {written_work_dir(words)}
+
+
+def shared_work_dirs() -> dict[str, list[str]]:
+    """{work dir: the command that writes it} for the work dirs that a page writes and a later page
+    reads. The page tests run on separate workers, so each of these is trained once per session in
+    a folder all workers share (`_shared_work_dir`) and linked into the page folders."""
+    writers, shared = {}, {}
+    for page in PAGES:
+        for words in readme_commands([page]):
+            for read in work_dirs_read(words):
+                if read in writers and writers[read][0] != page:
+                    shared[read] = writers[read][1]
+            if written_work_dir(words):
+                writers[written_work_dir(words)] = (page, words)
+    return shared
+
+
+def test_every_work_dir_a_command_reads_was_written_before_it():
+    written = set()
+    for words in readme_commands():
+        assert work_dirs_read(words) <= written, f"{shlex.join(words)} reads {sorted(work_dirs_read(words) - written)}" \
+                                                 f", which no command before it (PAGES order) writes"
+        written.add(written_work_dir(words))
+
+
+def test_the_pages_show_the_main_jobs():
+    scripts = [w[w.index("python") + 1] for w in readme_commands()]
+    assert scripts.count("train/train.py") >= 4 and "infer/sample.py" in scripts and "infer/evaluate.py" in scripts
+    assert set(shared_work_dirs()) == {"runs/digits", "runs/lzn_repr"}
+
+
+def _scratch_folder(path):
+    os.makedirs(path / "runs", exist_ok=True)
+    for name in SOURCE_FOLDERS:
+        try:
+            os.symlink(os.path.join(ROOT, name), path / name)
+        except FileExistsError:  # the shared folder: another worker linked it
+            pass
+    return path
+
+
 def _run(words, cwd):
+    words = list(words)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):  # leading VAR=value assignments
         key, value = words.pop(0).split("=", 1)
@@ -103,19 +163,48 @@ def _run(words, cwd):
     cmd = [sys.executable, *words[1:], *extra]
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"{shlex.join(words)}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    if "--out" in words:
+        written = os.path.join(cwd, words[words.index("--out") + 1])
+        assert os.path.exists(written), f"{shlex.join(words)} wrote no {written}"
     return out
 
 
-@pytest.mark.slow
-def test_every_readme_command_runs_in_quick_mode(tmp_path):
-    for name in ("train", "infer", "configs", "bench"):
-        os.symlink(os.path.join(ROOT, name), tmp_path / name)
-    commands = readme_commands()
-    scripts = [w[w.index("python") + 1] for w in commands]
-    assert scripts.count("train/train.py") >= 4 and "infer/sample.py" in scripts and "infer/evaluate.py" in scripts
-    for words in commands:
-        _run(list(words), tmp_path)
-    assert (tmp_path / "out" / "samples.png").exists() and (tmp_path / "out" / "protocol.npz").exists()
+def _shared_work_dir(work_dir, session_dir) -> str:
+    """`work_dir` trained once in this session, in `session_dir` (shared by all workers): the
+    first test that needs it trains it while the others wait on its lock. A work dir left without
+    its done-mark (its training failed) is trained again, so each test that needs it reports why."""
+    root = _scratch_folder(pathlib.Path(session_dir) / "readme-shared")
+    path, done = root / work_dir, root / f"{work_dir}.done"
+    with open(root / f"{work_dir}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            words = shared_work_dirs()[work_dir]
+            for read in work_dirs_read(words):  # a shared work dir only reads shared ones, trained earlier
+                _shared_work_dir(read, session_dir)
+            _run(words, root)
+            done.touch()
+    return str(path)
+
+
+def _link_shared(work_dir, session_dir, cwd):
+    if not os.path.lexists(cwd / work_dir):
+        os.symlink(_shared_work_dir(work_dir, session_dir), cwd / work_dir)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if readme_commands([p])])
+def test_page_commands_run_in_quick_mode(page, tmp_path, session_dir):
+    """The page's commands, in order, in one scratch folder; the work dirs it shares with other
+    pages come from the session's shared folder (trained there by whichever page test came first)."""
+    cwd = _scratch_folder(tmp_path)
+    shared = shared_work_dirs()
+    for words in readme_commands([page]):
+        for read in work_dirs_read(words) & set(shared):
+            _link_shared(read, session_dir, cwd)
+        if written_work_dir(words) in shared:
+            _link_shared(written_work_dir(words), session_dir, cwd)
+        else:
+            _run(words, cwd)
 
 
 def test_readme_library_snippet_runs():

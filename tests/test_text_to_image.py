@@ -100,7 +100,6 @@ def test_task_encodes_each_caption_once_with_the_empty_prompt_as_null():
 
 
 @needs_minilm
-@pytest.mark.slow
 def test_mmdit_digits_quick_job_samples_prompts_and_protocol(tmp_path, capsys):
     from unigen.infer.evaluate import main as evaluate_main
     from unigen.infer.sample import main as sample_main

@@ -73,7 +73,6 @@ def _train_cmd(workdir, steps, every):
             "--config.train.keep_checkpoints=2"]
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     steps, env = 24, dict(os.environ, PYTHONUNBUFFERED="1")
     ref = tmp_path / "uninterrupted"
@@ -232,7 +231,6 @@ def test_imagenet_config_builds_and_runs_one_step(tmp_path):
     assert result["step"] == 1 and np.isfinite(result["loss"])
 
 
-@pytest.mark.slow
 def test_cli_trains_fsdp_on_eight_fake_devices(tmp_path):
     env = fake_devices_env(8)
     cmd = _train_cmd(tmp_path / "fsdp", 3, 3) + ["--config.mesh.fsdp=8", "--config.mesh.rules=fsdp",
