@@ -55,7 +55,8 @@ def foundation_probes(foundation: str, cfg, channels: int) -> dict:
     import jax
 
     from unigen.eval.probe import linear_probe
-    from unigen.tasks.autoencoder import load_foundation, split_arrays
+    from unigen.tasks.arrays import split_arrays
+    from unigen.tasks.autoencoder import load_foundation
     enc = load_foundation(foundation)
     tokens = jax.jit(enc.tokens)
     (x_tr, y_tr), (x_te, y_te) = split_arrays(cfg, "train"), split_arrays(cfg, "test")

@@ -10,7 +10,8 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.init_from = ""
-    c.imports = (os.path.join(here, "plugin_vecnet.py"),)
+    # A model kind and task (plugin_vecnet.py), an objective and a sampler (plugin_x0flow.py), all outside unigen.
+    c.imports = (os.path.join(here, "plugin_vecnet.py"), os.path.join(here, "plugin_x0flow.py"))
     c.data = dict(name="digits", image_size=8, channels=1, num_classes=10, data_dir="")
     c.model = dict(kind="vecnet", hidden=64)
     c.task = dict(name="digits_vec")

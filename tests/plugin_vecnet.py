@@ -1,5 +1,6 @@
 """A model kind and a task defined outside `unigen/` (test_plugins.py): a tiny MLP denoiser
 conditioned on a named vector `vec`, and a task that builds that vector from the digits' labels.
+The task also offers infer/sample.py a request of its own, `--mode mix --mix 3,7 --weight 0.25`.
 Imported through `config.imports`; nothing in unigen names it."""
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from flax import nnx
 
 from unigen.models import Condition, ModelKind, register_model
 from unigen.nn import Dense, timestep_embedding
+from unigen.cli_args import class_list
+from unigen.errors import ConfigError
 from unigen.tasks import DiffusionTask, register_task
+from unigen.tasks.requests import NUM, Argument, Drawn, SampleRequest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,3 +72,22 @@ class DigitsVecTask(DiffusionTask):
 
     def conditions_for_labels(self, labels):
         return {"vec": one_hot(labels)}
+
+    # A sample request of this task: infer/sample.py offers its flags for this work dir only.
+    MIX = Argument("--mix", "two class ids a,b: samples of the blend of their one-hot vectors", class_list,
+                   noun="two classes")
+    WEIGHT = Argument("--weight", "the weight of the first --mix class", float, default=0.5)
+
+    def sample_requests(self):
+        mix = SampleRequest("mix", "samples of two classes' blended vectors", self.draw_mix, (self.MIX, self.WEIGHT, NUM),
+                            required=("mix",), selected_by="mix")
+        return (*super().sample_requests(), mix)
+
+    def draw_mix(self, given, generate, seed):
+        if len(given["mix"]) != 2:
+            raise ConfigError(f"--mix {given['mix']}: give two class ids, e.g. --mix 3,7")
+        (a, b), w = given["mix"], given["weight"]
+        vec = np.repeat(w * one_hot([a]) + (1.0 - w) * one_hot([b]), given["num"], axis=0)
+        images = generate({"vec": vec}, len(vec), seed, label="mix")
+        return Drawn(dict(images=images.astype(np.float32), vec=vec), len(images), images, 1,
+                     [f"{w:g} x {a} + {1 - w:g} x {b}"])

@@ -70,7 +70,7 @@ BAD_SAMPLE_FLAGS = [
     (["--cfg-scale=-inf"], "--cfg-scale"), (["--cfg-scale", "1e999"], "--cfg-scale"),
     (["--cfg-scale", "-1"], "--cfg-scale"), (["--cfg-scale", "x"], "--cfg-scale"),
     (["--steps", "0"], "--steps"), (["--steps", "2.5"], "--steps"), (["--batch-size", "-1"], "--batch-size"),
-    (["--per-class", "0"], "--per-class"), (["--per-prompt", "0"], "--per-prompt"), (["--num", "0"], "--num"),
+    (["--per-class", "0"], "--per-class"),
     (["--guided-channels", "abc"], "--guided-channels"), (["--guided-channels", "0"], "--guided-channels"),
     (["--seed", "-1"], "--seed"), (["--seed", str(2 ** 32)], "--seed"),
     (["--classes", "1,x"], "--classes"), (["--classes", "-1"], "--classes"), (["--class", "-2"], "--class"),
@@ -84,6 +84,24 @@ def test_sample_refuses_bad_values_while_parsing(workdir, tmp_path, capsys, flag
                     f"argument {flag}", "give ")
     assert flags[-1].partition("=")[2 if "=" in flags[-1] else 0] in line  # the value given (and the valid range)
     assert _md5s(workdir) == before and os.listdir(tmp_path) == []
+
+
+def test_sample_flags_come_from_the_tasks_requests(workdir, tmp_path, capsys):
+    # A DiT work dir's task draws a class grid or its protocol: another task's flags are not its options ...
+    for flags in (["--per-prompt", "2"], ["--num", "4"], ["--mode", "t2i"]):
+        _refused(sample_main, ["--workdir", workdir, "--out", tmp_path / "s.npz", *flags], capsys, flags[0])
+    _refused(sample_main, ["--workdir", workdir, "--out", tmp_path / "s.npz", "--protocol", "--mode", "grid"], capsys,
+             "--protocol is an argument of --mode protocol, not of --mode grid")
+    # ... and a request's own flags check their values while parsing, as the common ones do.
+    from unigen.infer.sample import _parser
+    from unigen.tasks.requests import NUM, PER_PROMPT, PROMPT, SampleRequest
+    parser = _parser((SampleRequest("text", "", None, (PROMPT, PER_PROMPT)), SampleRequest("joint", "", None, (NUM,))))
+    for flags, flag in ((["--per-prompt", "0"], "--per-prompt"), (["--num", "-3"], "--num")):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["--workdir", "w", "--out", "o.npz", *flags])
+        line = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and f"argument {flag}" in line and "give an int >= 1" in line, line
+    assert os.listdir(tmp_path) == []
 
 
 def test_evaluate_and_convert_refuse_bad_values_while_parsing(dit_folder, tmp_path, capsys):

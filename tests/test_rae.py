@@ -116,7 +116,7 @@ def test_decoder_training_keeps_the_encoder_and_fills_statistics(trained_rae):
     np.testing.assert_array_equal(np.asarray(rae.encoder.patch_embed.kernel[...]),
                                   np.asarray(lzn.patch_embed.kernel[...]))  # frozen: the LZN's weights, untouched
     # the statistics normalise the training split's tokens: mean ~0, std ~1 per position and channel
-    from unigen.tasks.autoencoder import split_arrays
+    from unigen.tasks.arrays import split_arrays
     from unigen.training.config import load_config_file
     x, _ = split_arrays(load_config_file(os.path.join(ROOT, "configs", "rae_digits.py")), "train")
     z = np.asarray(rae.encode((jnp.asarray(x) + 1) / 2))
@@ -157,7 +157,7 @@ def test_ditdh_trains_on_rae_latents(trained_rae):
     batch = next(iter(latent_dataset(str(tmp / "latents"), "train", batch_size=4, seed=0)))
     assert set(batch) == {"latent_mean", "label"}
     rae = unigen.from_pretrained(str(tmp / "run"))
-    from unigen.tasks.autoencoder import split_arrays
+    from unigen.tasks.arrays import split_arrays
     x, _ = split_arrays(cfg, "train", 4)
     # the stored latents are the RAE's encoding of the (unshuffled) split, in order
     from unigen.data.latents import DecodeLatent

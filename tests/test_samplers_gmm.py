@@ -164,8 +164,14 @@ def test_cfg_scale_one_samples_each_class():
 
 
 def test_sampler_errors():
-    with pytest.raises(ValueError, match="euler needs a RectifiedFlow"):
+    with pytest.raises(ValueError, match="euler needs a process with FlowODE, got GaussianDiffusion"):
         samplers.euler(VP, eps_model, (4, 2), KEY)
+    # The generator names what the sampler needs and which registered samplers fit instead.
+    from unigen.diffusion.registry import check_sampler
+    with pytest.raises(ValueError, match=r"needs \['FlowODE'\]\); use one of \['ddim', 'ddpm', 'dpm_solver_2m'\]"):
+        check_sampler("heun", VP)
+    with pytest.raises(ValueError, match="unknown sampler 'midpoint'"):
+        check_sampler("midpoint", VP)
     with pytest.raises(ValueError, match="steps=1000 must be in 1..999"):
         samplers.dpm_solver_2m(VP, eps_model, (4, 2), KEY, steps=1000)
     with pytest.raises(ValueError, match="noise shape"):

@@ -131,4 +131,4 @@ def test_mmdit_digits_quick_job_samples_prompts_and_protocol(tmp_path, capsys):
     assert evaluate_main(["--samples", protocol]) == 0
     capsys.readouterr()
     assert sample_main(["--workdir", workdir, "--prompt", "a 7", "--protocol", "--out", out]) == 2
-    assert "exclude each other" in capsys.readouterr().err
+    assert "--prompt is an argument of --mode prompts, not of --mode protocol" in capsys.readouterr().err

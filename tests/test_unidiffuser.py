@@ -365,7 +365,7 @@ def test_modes_through_the_sampler_and_infer_cli(tiny_run, tmp_path):
         assert set(np.load(out)) == keys, extra
     # a mode without its condition, a condition for the wrong mode: one-line errors
     for extra, match in ((["--mode", "t2i"], "needs a prompt"), (["--mode", "i2t"], "needs images"),
-                         (["--mode", "image", "--prompt", "a 7"], "condition of --mode t2i"),
+                         (["--mode", "image", "--prompt", "a 7"], "argument of --mode t2i, not of --mode image"),
                          (["--mode", "i2t", "--image", "test:999"], "outside the test split")):
         done = subprocess.run(sample + extra + ["--out", str(tmp_path / "x.npz")], capture_output=True, text=True,
                               timeout=600)

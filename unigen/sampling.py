@@ -33,10 +33,8 @@ import numpy as np
 from flax import nnx
 
 import unigen.parallel as parallel
-from unigen.diffusion import check_objective, classifier_free_guidance, samplers
-
-SAMPLERS = {"ddpm": samplers.ddpm, "ddim": samplers.ddim, "dpm_solver_2m": samplers.dpm_solver_2m,
-            "euler": samplers.euler, "heun": samplers.heun}
+from unigen.diffusion import check_objective, classifier_free_guidance
+from unigen.diffusion.registry import check_sampler
 
 
 class Generator:
@@ -45,11 +43,7 @@ class Generator:
                  guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
                  clip_denoised: bool = False, clip: bool = True, mesh=None, rules="dp", prepare=None, apply=None):
         check_objective(process)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}; choose one of {sorted(SAMPLERS)}")
-        if sampler not in process.samplers:
-            raise ValueError(f"sampler={sampler!r} does not sample a {type(process).__name__}; "
-                             f"use one of {process.samplers}")
+        self.sampler_entry = check_sampler(sampler, process)  # ValueError: unknown, or needs what it lacks
         self.graphdef, self.sample_shape = graphdef, tuple(sample_shape)
         self.process = process.for_sampler(sampler, steps)
         self.sampler, self.steps, self.eta = sampler, int(steps), float(eta)
@@ -103,21 +97,18 @@ class Generator:
                        guidance_interval=_guidance_interval(s.get("guidance_interval")))
         options.update(kwargs)
         null_cond = task.null_cond() if options["cfg_scale"] != 1.0 else None
-        options.setdefault("prepare", getattr(task, "prepare_conditions", None))
+        options.setdefault("prepare", task.prepare_conditions)
         return cls(graphdef, task.process, sample_shape=task.sample_shape, null_cond=null_cond, clip=task.clip,
                    **options)
 
     def _sample_fn(self, batch: int):
         if batch in self._compiled:
             return self._compiled[batch]
-        options = {}
-        if self.sampler != "ddpm" and self.sampler != "ddim":
-            options["steps"] = self.steps
-        if self.sampler == "ddim":
-            options["eta"] = self.eta
-        if self.sampler in ("ddpm", "ddim", "dpm_solver_2m"):
-            options["clip_denoised"] = self.clip_denoised
-        run, shape = SAMPLERS[self.sampler], (batch, *self.sample_shape)
+        # The settings this sampler declares it takes (unigen.diffusion.registry); a sampler whose
+        # process was respaced for it (DDPM, DDIM) takes no `steps`.
+        settings = dict(steps=self.steps, eta=self.eta, clip_denoised=self.clip_denoised)
+        options = {name: settings[name] for name in self.sampler_entry.options}
+        run, shape = self.sampler_entry.run, (batch, *self.sample_shape)
 
         def sample(states, cond, rng, index):
             # One key per sample, fold_in(rng, its index): a sample depends on (rng, index) only,

@@ -170,9 +170,7 @@ class RectifiedFlow:
         """Data prediction x0 = z - sigma v (used by DPM-Solver++ on flows)."""
         return z - _bcast(sigma, z) * v
 
-    # ---- the objective protocol (unigen.diffusion.objective) -----------------------------
-    samplers = ("euler", "heun", "dpm_solver_2m")
-
+    # ---- the objective protocol and its capabilities (unigen.diffusion.objective) ------------
     def losses(self, model_fn, x0, rng, **cond):
         return self.training_losses(model_fn, x0, rng, **cond)
 
@@ -195,6 +193,9 @@ class RectifiedFlow:
         if s.ndim != 1 or s.size < 2 or np.any(np.diff(s) >= 0) or s[-1] < 0:
             raise ValueError("sigmas must be a strictly decreasing 1-D grid ending at >= 0, e.g. flow_sigmas(...)")
         return s
+
+    def ode_velocity(self, output, z, sigma):
+        return self.velocity(output)  # the network predicts the velocity (up to the convention's sign)
 
     def dpm_grid(self, steps: int, sigmas=None):
         s = self.sigma_grid(steps, sigmas)

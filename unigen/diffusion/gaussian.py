@@ -156,9 +156,7 @@ class GaussianDiffusion:
     def learned_variance(self) -> bool:
         return self.variance == "learned_range"
 
-    # ---- the objective protocol (unigen.diffusion.objective) -----------------------------
-    samplers = ("ddpm", "ddim", "dpm_solver_2m")
-
+    # ---- the objective protocol and its DataPrediction capability (unigen.diffusion.objective) --
     def losses(self, model_fn, x0, rng, **cond):
         """`training_losses` at uniform timesteps and Gaussian noise drawn per example from `rng`
         (one key, or one key per example)."""

@@ -1,9 +1,11 @@
 """The objective protocol: what the train step, the samplers and the generator ask of a
 diffusion process, so that none of them dispatches on its type (docs/design.md §2).
 
-`GaussianDiffusion` (DDPM/IDDPM) and `RectifiedFlow` implement it; the multi-timestep and
-latent-zoning objectives of later families implement it too. A process is a frozen,
-hashable dataclass (a static jit argument, a leafless pytree).
+`Objective` is what every objective has; the capability protocols below (`DataPrediction`,
+`FlowODE`) are what samplers need and an objective may offer (unigen.diffusion.registry derives
+which samplers fit a process from them). `GaussianDiffusion` (DDPM/IDDPM) and `RectifiedFlow`
+implement them; objectives registered from outside unigen do too. A process is a frozen, hashable
+dataclass (a static jit argument, a leafless pytree).
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ ModelFn = Callable[..., jax.Array]  # model_fn(x, t, **cond) -> output, t in the
 
 @runtime_checkable
 class Objective(Protocol):
-    samplers: tuple[str, ...]
-    """Names of the samplers (unigen.diffusion.samplers) that can sample this process."""
+    """What every objective has: the training loss, and what guidance and the generator ask."""
 
     def losses(self, model_fn: ModelFn, x0: jax.Array, rng: jax.Array, **cond: Any) -> dict[str, jax.Array]:
         """Per-example training losses, dict of (B,) float32 arrays with at least "loss";
@@ -29,11 +30,18 @@ class Objective(Protocol):
         exactly what the whole batch would; see `per_example`)."""
 
     def for_sampler(self, sampler: str, steps: int) -> "Objective":
-        """The process a sampler runs with `steps` steps (e.g. a respaced Gaussian diffusion)."""
+        """The process a sampler runs with `steps` steps (e.g. a respaced Gaussian diffusion;
+        most objectives return themselves)."""
 
     def prediction_channels(self, channels: int) -> int:
         """How many leading output channels are the prediction that guidance mixes (the rest,
         e.g. a learned variance, comes from the conditional branch)."""
+
+
+# ---- capabilities: what samplers need and objectives may offer (unigen.diffusion.registry) ----
+@runtime_checkable
+class DataPrediction(Protocol):
+    """A noise grid and the data prediction on it: DPM-Solver++ samples any process with these."""
 
     def dpm_grid(self, steps: int, sigmas: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(grid, alpha, sigma) for DPM-Solver++: the `steps` points the network is called
@@ -42,6 +50,20 @@ class Objective(Protocol):
 
     def denoise(self, model_fn: ModelFn, x: jax.Array, g: jax.Array, **cond: Any) -> jax.Array:
         """The data prediction x0 at grid point g (a scalar of `dpm_grid`'s grid)."""
+
+
+@runtime_checkable
+class FlowODE(Protocol):
+    """A probability-flow ODE dz/dsigma from sigma = 1 (noise) to 0 (data): Euler and Heun."""
+
+    def sigma_grid(self, steps: int, sigmas: Any = None) -> np.ndarray:
+        """The `steps + 1` noise levels from 1 to 0 (or the given `sigmas`, checked)."""
+
+    def model_time(self, sigma: jax.Array) -> jax.Array:
+        """What the network receives for noise level sigma (B,)."""
+
+    def ode_velocity(self, output: jax.Array, z: jax.Array, sigma: jax.Array) -> jax.Array:
+        """dz/dsigma at (z, sigma) from the network's `output` there."""
 
 
 def is_key_batch(rng) -> bool:
@@ -68,8 +90,7 @@ def per_example(rng, n: int, draw: Callable[[jax.Array], jax.Array]) -> jax.Arra
 
 
 def check_objective(process) -> None:
-    missing = [name for name in ("samplers", "losses", "for_sampler", "prediction_channels", "dpm_grid", "denoise")
-               if not hasattr(process, name)]
+    missing = [name for name in ("losses", "for_sampler", "prediction_channels") if not hasattr(process, name)]
     if missing:
         raise TypeError(f"{type(process).__name__} is not a diffusion objective: it lacks {missing} "
                         f"(see unigen.diffusion.objective.Objective)")

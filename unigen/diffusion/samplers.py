@@ -5,12 +5,13 @@ Common call shape:
 
     x = sampler(process, model_fn, shape, rng, *, cond=None, noise=None, <options>, progress=False)
 
-  process   GaussianDiffusion or RectifiedFlow for DDPM/DDIM and Euler/Heun; DPM-Solver++
-            takes any process of the objective protocol (unigen.diffusion.objective).
+  process   a GaussianDiffusion for DDPM/DDIM; a process with the FlowODE capability (e.g. a
+            RectifiedFlow) for Euler/Heun; one with DataPrediction for DPM-Solver++
+            (unigen.diffusion.objective; the registrations at the end of this file).
             Hashed by its config (static).
   model_fn  model_fn(x, t, **cond) -> output, in the process's own time convention
             (Gaussian: original integer timestep; flow: flow.model_time(sigma), the output read
-            through flow.velocity, so a LightningDiT-convention flow samples the same way).
+            through flow.ode_velocity, so a LightningDiT-convention flow samples the same way).
             Static: compiled code is cached per (process, model_fn identity, shape,
             static options), so build model_fn ONCE and reuse it. To change weights
             without recompiling, pass them through cond, e.g.
@@ -33,7 +34,8 @@ import numpy as np
 
 from unigen.diffusion.flow import RectifiedFlow, shift_sigma
 from unigen.diffusion.gaussian import GaussianDiffusion
-from unigen.diffusion.objective import check_objective, is_key_batch, per_example, split_keys
+from unigen.diffusion.objective import DataPrediction, FlowODE, is_key_batch, per_example, split_keys
+from unigen.diffusion.registry import register_sampler
 
 _BAR = [None]  # the tqdm bar of the call in progress (progress=True only)
 
@@ -78,7 +80,7 @@ def _normal(key, shape, dtype):
 
 def _check(process, kind, name, shape, noise):
     if not isinstance(process, kind):
-        raise ValueError(f"{name} needs a {kind.__name__}, got {type(process).__name__}")
+        raise ValueError(f"{name} needs a process with {kind.__name__}, got {type(process).__name__}")
     if noise is not None and tuple(noise.shape) != tuple(shape):
         raise ValueError(f"noise shape {noise.shape} must equal shape {tuple(shape)}")
 
@@ -143,8 +145,9 @@ def _flow_ode(flow, model_fn, shape, rng, cond, noise, heun, final_euler, progre
     z, _ = _start(shape, rng, noise)
 
     def vel(z, s):
-        out = model_fn(z, flow.model_time(jnp.full((shape[0],), s, jnp.float32)), **cond)
-        return flow.velocity(out).astype(z.dtype)  # dz/dsigma, whatever the model's time convention
+        sigma = jnp.full((shape[0],), s, jnp.float32)
+        out = model_fn(z, flow.model_time(sigma), **cond)
+        return flow.ode_velocity(out, z, sigma).astype(z.dtype)  # dz/dsigma, whatever the model predicts
 
     def step(z, pair, second_order):
         s, s_next = pair[0], pair[1]
@@ -166,7 +169,7 @@ def _flow_ode(flow, model_fn, shape, rng, cond, noise, heun, final_euler, progre
 
 def euler(flow, model_fn, shape, rng, *, steps=50, sigmas=None, cond=None, noise=None, progress=False):
     """Euler on dz/dsigma = v over `flow_sigmas(flow, steps)` (or an explicit `sigmas` grid)."""
-    _check(flow, RectifiedFlow, "euler", shape, noise)
+    _check(flow, FlowODE, "euler", shape, noise)
     s = flow.sigma_grid(steps, sigmas)
     return _run(_flow_ode, s.size - 1, progress, flow, model_fn, tuple(shape), rng, cond or {}, noise,
                 False, False, bool(progress), jnp.asarray(s, jnp.float32))
@@ -174,7 +177,7 @@ def euler(flow, model_fn, shape, rng, *, steps=50, sigmas=None, cond=None, noise
 
 def heun(flow, model_fn, shape, rng, *, steps=50, sigmas=None, cond=None, noise=None, progress=False):
     """Heun (2nd order; 2 evaluations per step, one on the final step to sigma = 0)."""
-    _check(flow, RectifiedFlow, "heun", shape, noise)
+    _check(flow, FlowODE, "heun", shape, noise)
     s = flow.sigma_grid(steps, sigmas)
     return _run(_flow_ode, s.size - 1, progress, flow, model_fn, tuple(shape), rng, cond or {}, noise,
                 True, bool(s[-1] == 0), bool(progress), jnp.asarray(s, jnp.float32))
@@ -225,11 +228,20 @@ def dpm_solver_2m(process, model_fn, shape, rng, *, steps=20, sigmas=None, cond=
     as diffusers' DPMSolverMultistepScheduler ("linspace" spacing, final sigma zero).
     RectifiedFlow: alpha = 1 - sigma on `flow_sigmas(flow, steps)` (or `sigmas`), x0 = z - sigma v.
     """
-    check_objective(process)
-    if noise is not None and tuple(noise.shape) != tuple(shape):
-        raise ValueError(f"noise shape {noise.shape} must equal shape {tuple(shape)}")
+    _check(process, DataPrediction, "dpm_solver_2m", shape, noise)
     grid, alpha, sigma = process.dpm_grid(steps, sigmas)
     grid = jnp.asarray(grid, jnp.int32 if np.issubdtype(np.asarray(grid).dtype, np.integer) else jnp.float32)
     a, b, c = (jnp.asarray(v, jnp.float32) for v in dpm2m_coefficients(alpha, sigma))
     return _run(_dpm2m, grid.shape[0], progress, process, model_fn, tuple(shape), rng, cond or {}, noise,
                 bool(clip_denoised), bool(progress), grid, a, b, c)
+
+
+# The built-in samplers, by what they need of a process (unigen.diffusion.registry).
+register_sampler("ddpm", ddpm, needs=(GaussianDiffusion,), options=("clip_denoised",),
+                 help="ancestral sampling over a respaced Gaussian chain (IDDPM)")
+register_sampler("ddim", ddim, needs=(GaussianDiffusion,), options=("eta", "clip_denoised"),
+                 help="DDIM over a respaced Gaussian chain; eta=0 deterministic")
+register_sampler("euler", euler, needs=(FlowODE,), help="Euler on the flow ODE")
+register_sampler("heun", heun, needs=(FlowODE,), help="Heun (2nd order) on the flow ODE")
+register_sampler("dpm_solver_2m", dpm_solver_2m, needs=(DataPrediction,), options=("steps", "clip_denoised"),
+                 help="DPM-Solver++(2M), data prediction")

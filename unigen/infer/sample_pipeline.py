@@ -16,20 +16,15 @@ import numpy as np
 
 from unigen.errors import ConfigError
 
-_NOT_FOR_PIPELINES = {"prompt": "--prompt", "mode": "--mode", "image": "--image", "guided_channels":
-                      "--guided-channels"}
-
-
-def sample_pipeline(args, classes) -> int:
+def sample_pipeline(args, per_class: int, classes: list[int] | None) -> int:
+    """`args`: infer/sample.py's common options; `per_class` and `classes` its grid flags (the only
+    request flags a pipeline folder takes)."""
     from unigen.images import save_grid, to_uint8
     from unigen.pipelines import DiTPipeline
 
-    given = [flag for key, flag in _NOT_FOR_PIPELINES.items() if getattr(args, key) is not None]
-    if args.protocol:
-        given.append("--protocol")
-    if given:
-        raise ConfigError(f"{', '.join(given)}: not options of a DiT pipeline folder (its guidance is diffusers' "
-                          f"DiTPipeline's); give --class, --per-class, --steps, --cfg-scale, --sampler, --vae, --seed")
+    if args.guided_channels is not None:
+        raise ConfigError("--guided-channels: not an option of a DiT pipeline folder (its guidance is diffusers' "
+                          "DiTPipeline's); give --class, --per-class, --steps, --cfg-scale, --sampler, --vae, --seed")
     if not classes:
         raise ConfigError("a DiT pipeline samples the classes it is given: --class 207 --class 360 "
                           "(or --classes 207,360)")
@@ -41,7 +36,7 @@ def sample_pipeline(args, classes) -> int:
     pipe = DiTPipeline.from_pretrained(args.pretrained, vae=args.vae, scheduler=args.sampler)
     steps = 50 if args.steps is None else args.steps  # DiTPipeline.__call__'s defaults
     scale = 4.0 if args.cfg_scale is None else args.cfg_scale
-    labels = np.repeat(np.asarray(classes, np.int64), args.per_class)
+    labels = np.repeat(np.asarray(classes, np.int64), per_class)
     images = pipe(labels, num_inference_steps=steps, guidance_scale=scale, seed=args.seed,
                   batch_size=args.batch_size) * 2.0 - 1.0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

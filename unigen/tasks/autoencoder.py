@@ -37,6 +37,7 @@ from flax import nnx
 
 from unigen.diffusion.objective import per_example
 from unigen.errors import ConfigError
+from unigen.tasks.arrays import in_batches, split_arrays
 from unigen.tasks.base import Task, register_task
 from unigen.tokenizers.vf_loss import COS_MARGIN, DISTMAT_MARGIN, adaptive_weight, vf_losses
 
@@ -202,33 +203,10 @@ class AutoencoderTask(Task):
         return report
 
 
-def split_arrays(cfg, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(images in [-1, 1], labels) of a split, in stored order (at most `limit`)."""
-    from unigen.data.pipeline import Preprocess
-    from unigen.data.tfds_source import data_source
-    d = cfg.data
-    source = data_source(d.name, split, d.data_dir or None)
-    n = len(source) if limit is None else min(limit, len(source))
-    pre = Preprocess(d.image_size)
-    records = [pre(source[i]) for i in range(n)]
-    return np.stack([r["image"] for r in records]), np.asarray([r["label"] for r in records], np.int32)
-
-
 def psnr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-image PSNR in dB of images in [-1, 1], measured on [0, 1] (peak 1)."""
     mse = np.mean(np.square((np.clip(x, -1, 1) - np.clip(y, -1, 1)) / 2.0), axis=tuple(range(1, x.ndim)))
     return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
-
-
-def _in_batches(fn, x, batch_size):
-    outs = []
-    for i in range(0, len(x), batch_size):
-        part = x[i:i + batch_size]
-        n = len(part)
-        if n < batch_size and len(x) > batch_size:
-            part = np.concatenate([part, np.repeat(part[:1], batch_size - n, axis=0)])
-        outs.append(jax.tree.map(lambda a: np.asarray(a)[:n], fn(part)))
-    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
 def _encoder_of(model):
@@ -248,10 +226,10 @@ def tokenizer_report(model, cfg, *, batch_size: int = 256, limit: int = 10_000) 
     encode = jax.jit(lambda s, x: _encoder_of(nnx.merge(graphdef, s))(x))
     decode = jax.jit(lambda s, z: _decoder_of(nnx.merge(graphdef, s))(z))
     x_test, y_test = split_arrays(cfg, "test", limit)
-    mean, logvar = _in_batches(lambda x: encode(state, x), x_test, batch_size)
+    mean, logvar = in_batches(lambda x: encode(state, x), x_test, batch_size)
     if logvar is None:
         logvar = np.full(mean.shape, -np.inf, np.float32)
-    rec = np.clip(_in_batches(lambda z: decode(state, z), mean, batch_size), -1, 1)
+    rec = np.clip(in_batches(lambda z: decode(state, z), mean, batch_size), -1, 1)
     per_image = psnr(x_test, rec)
     flat = mean.reshape(-1, mean.shape[-1])
     out = {"test_images": int(len(x_test)), "psnr_db": float(per_image.mean()),
@@ -262,7 +240,7 @@ def tokenizer_report(model, cfg, *, batch_size: int = 256, limit: int = 10_000) 
     if cfg.data.num_classes:
         from unigen.eval.probe import linear_probe
         x_train, y_train = split_arrays(cfg, "train", limit)
-        train_mean, _ = _in_batches(lambda x: encode(state, x), x_train, batch_size)
+        train_mean, _ = in_batches(lambda x: encode(state, x), x_train, batch_size)
         out["linear_probe_latents"] = linear_probe(train_mean.reshape(len(x_train), -1), y_train,
                                                    mean.reshape(len(x_test), -1), y_test)
         out["linear_probe_latents"].pop("selection", None)

@@ -20,6 +20,7 @@ import numpy as np
 
 from unigen.diffusion.objective import per_example, split_keys
 from unigen.registry import Registry
+from unigen.tasks.requests import CLASS, CLASSES, PER_CLASS, Drawn, SampleRequest, given_classes
 
 
 class Task:
@@ -44,6 +45,12 @@ class Task:
     # sample.cfg_scale != 1 needs them; a task whose guidance needs none (UniDiffuser's
     # unconditional branch is the condition replaced by noise) sets False.
     guidance_needs_null = True
+    # Class-conditional: `conditions_for_labels` maps class labels to conditions, grids have a row
+    # per class and saved samples carry their `labels`.
+    labelled: bool = False
+    # The tokenizer latent space the task trains in (unigen/tasks/latent_space.py), set from
+    # config.data.latent_encoder; None = the task trains on pixels (and refuses a latent_encoder).
+    latents = None
 
     def __init__(self, cfg, model_kind, model_cfg):
         self.cfg, self.model_kind, self.model_cfg = cfg, model_kind, model_cfg
@@ -106,6 +113,28 @@ class Task:
         """What each row of `grid(per_row, classes)` was asked for (a class id, a prompt), written at
         its left in the PNG; None = rows without labels."""
         return None
+
+    def sample_requests(self) -> tuple[SampleRequest, ...]:
+        """What `infer/sample.py` can draw from this task (unigen/tasks/requests.py), the default
+        first: here the sample grid (a row per class when `labelled`); none without a sampler."""
+        if self.process is None:
+            return ()
+        arguments = (PER_CLASS, CLASSES, CLASS) if self.labelled else (PER_CLASS,)
+        what = "one row per class" if self.labelled else "unconditional"
+        return (SampleRequest("grid", f"a sample grid, {what}", self.draw_grid, arguments),)
+
+    def draw_grid(self, given: dict, generate, seed: int) -> Drawn:
+        """The "grid" request: `per_class` samples for each class asked for (every class by default)."""
+        per_row, classes = given["per_class"], None
+        if self.labelled:
+            classes = given_classes(given, self.cfg.data.num_classes)
+            classes = list(range(self.cfg.data.num_classes)) if classes is None else classes
+        cond, num, rows = self.grid(per_row, classes=classes)
+        images = generate(cond, num, seed, label="sample")
+        arrays = dict(images=images.astype(np.float32))
+        if self.labelled:
+            arrays["labels"] = np.repeat(np.asarray(classes, np.int32), per_row)
+        return Drawn(arrays, len(images), images, rows, self.grid_labels(per_row, classes=classes))
 
     def generator(self, sample_cfg, graphdef, **kwargs):
         """The sampler for grids, evaluation and infer/sample.py: `Generator.from_config` by default

@@ -24,60 +24,26 @@ import jax
 import numpy as np
 
 from unigen.data.shapes import model_input_shape
-from unigen.diffusion import GaussianDiffusion, RectifiedFlow
-from unigen.diffusion.flow import dimension_shift, sample_shift_from_timestep_shift
 from unigen.diffusion.objective import split_keys
+from unigen.diffusion.registry import get_objective, objective_names
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
+from unigen.tasks.requests import CLASS, CLASSES, PER_CLASS, PROTOCOL, Drawn, SampleRequest, given_classes
 from unigen.tasks.latent_space import LatentSpace
 
-PROCESSES = ("gaussian", "flow")
 DEFAULT_BATCH_KEYS = {"y": "label"}
 
 
 def diffusion_process(dcfg, learn_sigma: bool, input_shape: tuple[int, ...] | None = None):
-    """The objective `config.diffusion` describes (ValueError naming the field if bad). `input_shape`
-    is one model input's shape (H, W, C), which `shift_base_dim` needs: the flow's `shift` is then
-    sqrt(H*W*C / shift_base_dim) (RAE), readable as the returned process's `.shift`."""
-    if dcfg.kind not in PROCESSES:
-        raise ValueError(f"config.diffusion.kind={dcfg.kind!r}: use one of {PROCESSES}")
-    base_dim = dcfg.get("shift_base_dim")
+    """The objective `config.diffusion` describes: `kind` names a registered objective
+    (unigen.diffusion.registry; "gaussian" and "flow" are built in), whose builder reads the rest of
+    the section. ValueError naming the field if bad. `input_shape` is one model input's shape
+    (H, W, C), for options that depend on it (the flow's `shift_base_dim`)."""
+    if dcfg.kind not in objective_names():
+        raise ValueError(f"config.diffusion.kind={dcfg.kind!r}: use one of {objective_names()} (an objective "
+                         f"defined outside unigen is registered by a module named in config.imports)")
     try:
-        if base_dim is not None and dcfg.kind != "flow":
-            raise ValueError(f"config.diffusion.shift_base_dim={base_dim!r}: a rectified-flow option "
-                             f"(kind='flow'); set None for kind={dcfg.kind!r}")
-        if dcfg.kind == "gaussian":
-            return GaussianDiffusion.create(dcfg.num_timesteps, dcfg.beta_schedule, learn_sigma=learn_sigma,
-                                            loss=dcfg.get("loss"))
-        if learn_sigma:
-            raise ValueError("config.model.learn_sigma=True: a rectified flow predicts a velocity: set False")
-        sample_shift, timestep_shift = dcfg.get("sample_shift"), dcfg.get("timestep_shift")
-        if sample_shift is not None and timestep_shift is not None:
-            raise ValueError(f"config.diffusion.timestep_shift={timestep_shift!r} and sample_shift={sample_shift!r}: "
-                             "give one (timestep_shift is LightningDiT's form of sample_shift = 1 / timestep_shift)")
-        if timestep_shift is not None:
-            try:
-                sample_shift = sample_shift_from_timestep_shift(timestep_shift)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"config.diffusion.{e}") from None
-        shift = dcfg.get("shift", 1.0)
-        if base_dim is not None:
-            if shift != 1.0:
-                raise ValueError(f"config.diffusion.shift={shift!r} and shift_base_dim={base_dim!r}: give one "
-                                 "(shift_base_dim sets shift = sqrt(H*W*C / shift_base_dim) from the model input); "
-                                 "set shift=1.0 or shift_base_dim=None")
-            if input_shape is None:
-                raise ValueError(f"config.diffusion.shift_base_dim={base_dim!r}: needs the model input's shape "
-                                 "(diffusion_process(..., input_shape=(H, W, C)))")
-            try:
-                shift = dimension_shift(input_shape, base_dim)
-            except ValueError as e:
-                raise ValueError(f"config.diffusion.{e}" if str(e).startswith("shift_base_dim")
-                                 else f"config.diffusion: {e}") from None
-        return RectifiedFlow.create(dcfg.get("time_sampling", "logit_normal"), dcfg.get("loc", 0.0),
-                                    dcfg.get("scale", 1.0), shift, dcfg.get("time_scale", 1000.0),
-                                    direction_weight=dcfg.get("direction_weight", 0.0),
-                                    time_convention=dcfg.get("time_convention", "sigma"), sample_shift=sample_shift)
+        return get_objective(dcfg.kind).build(dcfg, learn_sigma=learn_sigma, input_shape=input_shape)
     except ValueError as e:
         raise ValueError(str(e) if str(e).startswith("config.") else f"config.diffusion: {e}") from None
 
@@ -168,6 +134,27 @@ class DiffusionTask(Task):
             labels.append(y)
             seed_of.append(np.full(num_samples, seed))
         return np.concatenate(images), np.concatenate(labels), np.concatenate(seed_of)
+
+    def sample_requests(self):
+        protocol = SampleRequest("protocol", "the evaluation protocol's samples (reproduces eval.json)",
+                                 self.draw_protocol, (PROTOCOL, PER_CLASS, CLASSES, CLASS), selected_by="protocol")
+        return (*super().sample_requests(), protocol)
+
+    def draw_protocol(self, given, generate, seed):
+        """The "protocol" request: the run's own protocol (its config's eval section), so the trainer's
+        eval.json is reproduced exactly; the standard 3 x 5000 for a model without a run config. The
+        grid shows the first `per_class` samples of each class."""
+        from unigen.eval import N_SAMPLES, SEEDS
+        e = self.cfg.get("eval")
+        num, seeds = (e.num_samples, range(e.seeds)) if e is not None else (N_SAMPLES, SEEDS)
+        images, labels, seed_of = self.protocol_samples(generate, num_samples=num, seeds=seeds)
+        arrays = dict(images=images.astype(np.float32), seed=seed_of)
+        if self.labelled:
+            arrays["labels"] = labels
+        arrays.update(self.protocol_annotations(labels, seed_of))
+        rows = given_classes(given, self.cfg.data.num_classes) or list(range(self.cfg.data.num_classes))
+        order = np.concatenate([np.flatnonzero(labels == c)[:given["per_class"]] for c in rows])
+        return Drawn(arrays, len(images), images[order], len(rows), [str(c) for c in rows])
 
     def protocol_annotations(self, labels, seeds) -> dict:
         """Arrays saved beside the protocol's samples (none here; a text task adds the prompts)."""

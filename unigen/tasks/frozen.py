@@ -22,6 +22,25 @@ def load_frozen(path: str, field: str):
         raise ConfigError(f"config.{field}={path!r}: {e}") from None
 
 
+@functools.lru_cache(maxsize=4)
+def text_encoder(name: str):
+    """The text encoder `config.text.encoder` names (a folder, or a known name such as
+    'all-MiniLM-L6-v2'); one per name and process."""
+    from unigen.text import resolve_text_encoder
+    return load_frozen(resolve_text_encoder(name), "text.encoder")
+
+
+def representation_encoder(path: str, field: str):
+    """The image encoder at `path` (`config.<field>`): DINOv2, or an LZN work dir's image encoder."""
+    model = load_frozen(path, field)
+    if hasattr(model, "component") and not hasattr(model, "tokens"):  # a work dir holding several networks
+        try:
+            model = model.component("encoder")
+        except ValueError:
+            pass
+    return model
+
+
 def latent_codec(path: str):
     """The `LatentCodec` (unigen/tokenizers/codec.py) of the tokenizer at `path`, for
     `config.data.latent_encoder`; one per path and process."""

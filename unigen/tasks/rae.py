@@ -35,7 +35,9 @@ from flax import nnx
 
 from unigen.diffusion.objective import per_example
 from unigen.errors import ConfigError
+from unigen.tasks.arrays import in_batches
 from unigen.tasks.base import Task, register_task
+from unigen.tasks.frozen import representation_encoder
 
 @dataclasses.dataclass(frozen=True)
 class RAEOptions:
@@ -63,18 +65,6 @@ class RAEOptions:
         if not isinstance(opts.encoder, str):
             raise ConfigError(f"config.rae.encoder={opts.encoder!r}: give the frozen encoder's path")
         return opts
-
-
-def load_encoder(path: str):
-    """The representation encoder at `path` (an LZN work dir: its image encoder; DINOv2)."""
-    from unigen.tasks.frozen import load_frozen
-    model = load_frozen(path, "rae.encoder")
-    if hasattr(model, "component") and not hasattr(model, "tokens"):
-        try:
-            model = model.component("encoder")
-        except ValueError:
-            pass
-    return model
 
 
 def _architecture(cfg) -> dict:
@@ -113,7 +103,7 @@ class RAETask(Task):
         if not self.opts.encoder:
             raise ConfigError("config.rae.encoder is empty: give the frozen encoder's path (an LZN work dir or a "
                               "transformers DINOv2 folder)")
-        source = load_encoder(self.opts.encoder)
+        source = representation_encoder(self.opts.encoder, "rae.encoder")
         want = model.cfg.encoder
         if type(source.cfg) is not type(want) or _architecture(source.cfg) != _architecture(want):
             got = _architecture(source.cfg)
@@ -141,7 +131,6 @@ class RAETask(Task):
         reduced to `latent_stats` (per position and channel, per channel, or one number)."""
         from unigen.data.pipeline import Preprocess
         from unigen.data.tfds_source import data_source
-        from unigen.tasks.autoencoder import _in_batches
         d = self.cfg.data
         source = data_source(d.name, "train", d.data_dir or None)
         # a fixed random subset when the split is larger (stored order may be sorted, e.g. by class)
@@ -153,7 +142,7 @@ class RAETask(Task):
         graphdef, state = nnx.split(model)
         tokens = jax.jit(lambda s, x: nnx.merge(graphdef, s).encoder_tokens((x + 1.0) / 2.0))
         g = model.cfg.grid
-        z = _in_batches(lambda b: tokens(state, b), x, batch_size).reshape(len(x), g, g, -1).astype(np.float64)
+        z = in_batches(lambda b: tokens(state, b), x, batch_size).reshape(len(x), g, g, -1).astype(np.float64)
         axes = {"position": (0,), "channel": (0, 1, 2), "global": (0, 1, 2, 3)}[model.cfg.latent_stats]
         return z.mean(axes).astype(np.float32), z.std(axes).astype(np.float32)
 

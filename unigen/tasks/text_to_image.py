@@ -29,21 +29,16 @@ from unigen.diffusion.objective import per_example, split_keys
 from unigen.errors import ConfigError
 from unigen.tasks.base import register_task
 from unigen.tasks.diffusion import DiffusionTask
+from unigen.tasks.frozen import text_encoder
+from unigen.tasks.requests import PER_PROMPT, PROMPT, Drawn, SampleRequest, repeated_prompts
 
 TEXT_CONDITIONS = ("context", "pooled")
 
 
 @functools.lru_cache(maxsize=4)
-def _load_encoder(name: str):
-    from unigen.pretrained import from_pretrained
-    from unigen.text import resolve_text_encoder
-    return from_pretrained(resolve_text_encoder(name))
-
-
-@functools.lru_cache(maxsize=4)
 def _encode_table(name: str, captions: tuple[str, ...]):
     """(tokens (N, T, D), pooled (N, D)) float32 numpy for the captions, padded to the longest."""
-    out = _load_encoder(name).encode(list(captions))
+    out = text_encoder(name).encode(list(captions))
     return np.asarray(out.tokens, np.float32), np.asarray(out.pooled, np.float32)
 
 
@@ -111,12 +106,28 @@ class TextToImageTask(DiffusionTask):
         """The model's conditions for any prompts (encoded now; padded to the training length)."""
         if isinstance(prompts, str) or not len(prompts):
             raise ValueError("give a non-empty list of prompts")
-        encoder = _load_encoder(self.encoder_name)
+        encoder = text_encoder(self.encoder_name)
         with warnings.catch_warnings():  # only measures the length; encode() below warns once
             warnings.simplefilter("ignore")
             length = encoder.tokenize(list(prompts)).input_ids.shape[1]
         out = encoder.encode(list(prompts), pad_to=max(self.context_length, length))
         return {"context": np.asarray(out.tokens, np.float32), "pooled": np.asarray(out.pooled, np.float32)}
+
+    def sample_requests(self):
+        prompts = SampleRequest("prompts", "one grid row per --prompt", self.draw_prompts, (PROMPT, PER_PROMPT),
+                                required=("prompt",), selected_by="prompt")
+        return (*super().sample_requests(), prompts)
+
+    def draw_prompts(self, given, generate, seed):
+        """The "prompts" request: `per_prompt` samples of each prompt, a grid row each."""
+        prompts = repeated_prompts(given)
+        try:
+            cond = self.conditions_for_prompts(list(prompts))
+        except ValueError as e:
+            raise ConfigError(f"--prompt: {e}") from None
+        images = generate(cond, len(prompts), seed, label="sample")
+        return Drawn(dict(images=images.astype(np.float32), prompts=prompts), len(images), images,
+                     len(given["prompt"]), list(given["prompt"]))
 
     def grid(self, per_row, classes=None):
         """One row per digit, each prompted with a held-out caption."""

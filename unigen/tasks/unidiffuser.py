@@ -42,7 +42,10 @@ from flax import nnx
 from unigen.data.captions import digit_captions
 from unigen.diffusion.objective import per_example, split_keys
 from unigen.errors import ConfigError
+from unigen.tasks.arrays import in_batches, split_arrays
 from unigen.tasks.base import Task, register_task
+from unigen.tasks.frozen import representation_encoder, text_encoder
+from unigen.tasks.requests import IMAGE_INPUT, NUM, PER_PROMPT, PROMPT, Drawn, SampleRequest, read_images, repeated_prompts
 from unigen.unidiffuser import IMAGE, TEXT, Layout, ModeSampler, TextPCA, multi_timestep_losses, nearest
 from unigen.unidiffuser.objective import TIME_WEIGHTINGS, check_endpoint_prob, check_objective, check_weighting
 
@@ -116,17 +119,12 @@ class UniDiffuserOptions:
 @functools.lru_cache(maxsize=4)
 def _caption_states(encoder_name: str, captions: tuple[str, ...]):
     """(token states (N, T, D), mask (N, T)) of every caption, padded to the longest."""
-    from unigen.tasks.text_to_image import _load_encoder
-    out = _load_encoder(encoder_name).encode(list(captions))
+    out = text_encoder(encoder_name).encode(list(captions))
     return np.asarray(out.tokens, np.float32), np.asarray(out.mask, bool)
 
 
 def _load_clip_encoder(path: str):
-    from unigen.tasks.rae import load_encoder
-    try:
-        model = load_encoder(path)
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("config.rae.encoder", "config.unidiffuser.clip_encoder")) from None
+    model = representation_encoder(path, "unidiffuser.clip_encoder")
     if not callable(model) or not hasattr(model, "features") or not hasattr(model, "tokens"):
         raise ConfigError(f"config.unidiffuser.clip_encoder={path!r} holds a {type(model).__name__}; give an LZN "
                           f"work dir (its image encoder embeds each image)")
@@ -224,7 +222,6 @@ class UniDiffuserTask(Task):
 
     def images(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(images (N, H, W, C) in [-1, 1], labels (N,)) of a whole split, as the loader preprocesses."""
-        from unigen.tasks.autoencoder import split_arrays
         return split_arrays(self.cfg, split)
 
     @functools.cached_property
@@ -252,11 +249,10 @@ class UniDiffuserTask(Task):
         return jax.jit(lambda s, x: self._raw_embedding(nnx.merge(graphdef, s), x))
 
     def _embed_raw(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        from unigen.tasks.autoencoder import _in_batches
         state, fn = self.clip_encoder[1], self._encode_fn
         # frozen() may be called inside a trace (the trainer's eval_shape): compute eagerly.
         with jax.ensure_compile_time_eval():
-            return _in_batches(lambda b: fn(state, jnp.asarray(b, jnp.float32)), images, batch)
+            return in_batches(lambda b: fn(state, jnp.asarray(b, jnp.float32)), images, batch)
 
     def _standardise(self, raw, frozen):
         """clip_img from the raw embeddings (B, D): reduced (tokens) and standardised."""
@@ -328,8 +324,7 @@ class UniDiffuserTask(Task):
         """The t2i condition {"text": (N, T, text_dim)} of any prompts (encoded now)."""
         if isinstance(prompts, str) or not len(prompts):
             raise ValueError("give a non-empty list of prompts")
-        from unigen.tasks.text_to_image import _load_encoder
-        encoder = _load_encoder(self.encoder_name)
+        encoder = text_encoder(self.encoder_name)
         lengths = encoder.tokenize(list(prompts)).attention_mask.sum(1)
         long = [p for p, n in zip(prompts, lengths) if n > self.context_length]
         if long:
@@ -360,6 +355,46 @@ class UniDiffuserTask(Task):
 
     def grid_labels(self, per_row, classes=None):
         return [str(c) for c in (range(10) if classes is None else classes)]  # the digit its prompts name
+
+    def sample_requests(self):
+        """The grid (text to image, a row per digit) and the five modes, each with its condition."""
+        def mode(name, help, arguments=(NUM,), **kwargs):
+            return SampleRequest(name, help, functools.partial(self.draw_mode, name), arguments, **kwargs)
+        return (*super().sample_requests(),
+                mode("t2i", "text to image: a grid row per --prompt", (PROMPT, PER_PROMPT), required=("prompt",),
+                     selected_by="prompt"),
+                mode("i2t", "image to text: the nearest caption of each --image", (IMAGE_INPUT,), required=("image",),
+                     selected_by="image"),
+                mode("joint", "--num image-caption pairs"), mode("image", "--num images (the marginal)"),
+                mode("text", "--num captions (the marginal)"))
+
+    def draw_mode(self, mode, given, generate, seed):
+        """One of the five modes: images go into the grid, text latents are read as the nearest captions."""
+        arrays, rows, row_labels = {}, None, None
+        try:
+            if mode == "t2i":
+                prompts = repeated_prompts(given)
+                cond, num, rows, row_labels = self.conditions_for_prompts(list(prompts)), len(prompts), \
+                    len(given["prompt"]), list(given["prompt"])
+                arrays["prompts"] = prompts
+            elif mode == "i2t":
+                images = read_images(given["image"], self.cfg.data, lambda: self.images("test")[0])
+                cond, num = self.conditions_for_images(images), len(images)
+                arrays["given_images"] = images
+            else:
+                cond, num = {}, given["num"]
+        except ValueError as e:
+            raise ConfigError(f"--mode {mode}: {e}") from None
+        out = generate(cond, num, seed, label=mode, mode=mode)
+        grid, lines = None, ()
+        if "img" in out:
+            grid = arrays["images"] = out["img"].astype(np.float32)
+            rows = rows or max(1, int(np.sqrt(num)))
+        if "text" in out:
+            captions, digits, _ = self.read_captions(out["text"])
+            arrays.update(text=out["text"].astype(np.float32), captions=captions, digits=digits)
+            lines = tuple(f"{i:3d}: {caption}" for i, caption in enumerate(captions[:32]))
+        return Drawn(arrays, num, grid, rows, row_labels, lines)
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, generate, workdir, model=None):

@@ -17,6 +17,7 @@ import sys
 
 from flax import nnx
 
+from unigen.diffusion.registry import samplers_for
 from unigen.errors import ConfigError
 from unigen.models import get_model_kind
 from unigen.tasks import get_task
@@ -135,9 +136,9 @@ def validate(cfg, num_devices: int | None = None) -> Run:
         _need(micro % num_devices == 0 or num_devices == 1, "train.batch_size", t.batch_size,
               f"each micro-batch ({micro}) must split evenly over the {num_devices} devices")
     run = build(cfg)
-    _need(not d.get("latent_encoder") or getattr(run.task, "latents", None) is not None, "data.latent_encoder",
-          d.get("latent_encoder"), f"task {run.task.name!r} trains on pixels only; set '' (the diffusion and "
-          f"text_to_image tasks train on latents)")
+    _need(not d.get("latent_encoder") or run.task.latents is not None, "data.latent_encoder",
+          d.get("latent_encoder"), f"task {run.task.name!r} trains on pixels only; set '' (the tasks whose "
+          f"`latents` is a LatentSpace train on a tokenizer's latents)")
     if t.get("frozen"):
         try:
             split_model(nnx.eval_shape(lambda: run.model_kind.build(run.model_cfg)), tuple(t.frozen))
@@ -165,12 +166,12 @@ def _check_multipliers_match(run, multipliers) -> None:
 
 
 def _validate_sampling(s, run) -> None:
-    samplers = run.task.process.samplers
+    samplers = samplers_for(run.task.process)  # the registered samplers whose needs the objective meets
     _need(s.sampler in samplers, "sample.sampler", s.sampler,
           f"use one of {samplers} for a {type(run.task.process).__name__} (config.diffusion.kind)")
     _need(s.steps >= 1, "sample.steps", s.steps, "must be >= 1")
     _need(s.cfg_scale >= 0, "sample.cfg_scale", s.cfg_scale, "must be >= 0 (1 = no guidance)")
-    if s.cfg_scale != 1.0 and getattr(run.task, "guidance_needs_null", True):
+    if s.cfg_scale != 1.0 and run.task.guidance_needs_null:
         nulls = run.task.null_cond()
         _need(nulls and all(v is not None for v in nulls.values()), "sample.cfg_scale", s.cfg_scale,
               "guidance needs a conditional model trained with condition dropout "
