@@ -16,7 +16,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from unigen.config_sections import declare_fields
 from unigen.registry import Registry
+
+# How layers execute, not what they compute: a resumed run may change these for any kind.
+declare_fields("model", resumable=("scan_layers", "remat", "attention_backend"))
 
 
 @dataclasses.dataclass(frozen=True)

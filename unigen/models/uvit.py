@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from unigen.config_sections import declare_fields
 from unigen.data.shapes import model_input_shape
 from unigen.models.dit import make_stack
 from unigen.models.registry import ModelKind, register_model
@@ -76,6 +77,8 @@ HEADS = ("batch", "length", "heads", "kv")
 ACTIVATIONS = ("geglu", "gelu", "gelu-approximate")
 BLOCK_TYPES = ("unidiffuser", "standard")
 INITS = ("reference", "xavier")
+# config.model.init came after the first U-ViT work dirs, which used the reference's initialisation.
+declare_fields("model", before={"init": "reference"})
 PATCH_POS_BASE_SIZE = 16  # diffusers PatchEmbed's get_2d_sincos_pos_embed default
 
 # timm's trunc_normal_(std=.02) truncates at +-2 absolute: +-100 standard deviations.

@@ -37,11 +37,13 @@ from flax import nnx
 
 from unigen.diffusion.objective import per_example
 from unigen.errors import ConfigError
+from unigen.config_sections import config_section, read_section
 from unigen.tasks.arrays import in_batches, split_arrays
 from unigen.tasks.base import Task, register_task
 from unigen.tokenizers.vf_loss import COS_MARGIN, DISTMAT_MARGIN, adaptive_weight, vf_losses
 
 
+@config_section("vavae")
 @dataclasses.dataclass(frozen=True)
 class AutoencoderOptions:
     foundation: str = ""
@@ -53,12 +55,7 @@ class AutoencoderOptions:
 
     @classmethod
     def from_config(cls, cfg) -> "AutoencoderOptions":
-        given = dict(cfg.get("vavae") or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise ConfigError(f"config.vavae.{unknown[0]}: unknown option; known: {sorted(known)}")
-        opts = cls(**given)
+        opts = read_section(cls, cfg)
         for field in ("vf_weight", "kl_weight", "cos_margin", "distmat_margin"):
             value = getattr(opts, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -50,12 +50,14 @@ from unigen.diffusion.objective import per_example, split_keys
 from unigen.errors import ConfigError
 from unigen.lzn import flow
 from unigen.lzn.alignment import KINDS, alignment_loss, contrastive_alignment_loss
+from unigen.config_sections import config_section, read_section
 from unigen.tasks.base import Task, register_task
 from unigen.tasks.diffusion import DiffusionTask
 
 LATENT_STREAM = 0x1A7E  # fold_in tag of a sample's latent noise (apart from the sampler's noise)
 
 
+@config_section("lzn")
 @dataclasses.dataclass(frozen=True)
 class LZNOptions:
     encode_steps: int = 20
@@ -74,14 +76,9 @@ class LZNOptions:
 
     @classmethod
     def from_config(cls, cfg, **defaults) -> "LZNOptions":
-        given = dict(cfg.get("lzn") or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(given) - known)
-        if unknown:
-            raise ConfigError(f"config.lzn.{unknown[0]}: unknown option; known: {sorted(known)}")
-        if "augment" in given:
-            given["augment"] = tuple(sorted(dict(given["augment"]).items()))
-        opts = cls(**{**defaults, **given})
+        opts = read_section(cls, cfg, **defaults)
+        if not isinstance(opts.augment, tuple):  # a dict of augmentation -> strength: sorted pairs (hashable)
+            opts = dataclasses.replace(opts, augment=tuple(sorted(dict(opts.augment).items())))
         opts.validate()
         return opts
 

@@ -35,10 +35,12 @@ from flax import nnx
 
 from unigen.diffusion.objective import per_example
 from unigen.errors import ConfigError
+from unigen.config_sections import config_section, read_section
 from unigen.tasks.arrays import in_batches
 from unigen.tasks.base import Task, register_task
 from unigen.tasks.frozen import representation_encoder
 
+@config_section("rae")
 @dataclasses.dataclass(frozen=True)
 class RAEOptions:
     encoder: str = ""            # the frozen encoder: an LZN work dir or a DINOv2 folder
@@ -48,12 +50,7 @@ class RAEOptions:
 
     @classmethod
     def from_config(cls, cfg) -> "RAEOptions":
-        given = dict(cfg.get("rae", {}) or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        for k in given:
-            if k not in known:
-                raise ConfigError(f"config.rae.{k}: unknown option; known: {sorted(known)}")
-        opts = cls(**given)
+        opts = read_section(cls, cfg)
         for field in ("l1_weight", "l2_weight"):
             v = getattr(opts, field)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:

@@ -42,6 +42,7 @@ from flax import nnx
 from unigen.data.captions import digit_captions
 from unigen.diffusion.objective import per_example, split_keys
 from unigen.errors import ConfigError
+from unigen.config_sections import config_section, read_section, section_field
 from unigen.tasks.arrays import in_batches, split_arrays
 from unigen.tasks.base import Task, register_task
 from unigen.tasks.frozen import representation_encoder, text_encoder
@@ -62,6 +63,7 @@ CLIP_EMBEDDINGS = {
 }
 
 
+@config_section("unidiffuser")
 @dataclasses.dataclass(frozen=True)
 class UniDiffuserOptions:
     clip_encoder: str = ""          # the frozen image encoder of the clip_img slot: an LZN work dir
@@ -72,19 +74,16 @@ class UniDiffuserOptions:
     text_samples: int = 1000        # marginal-text samples in the evaluation
     time_weighting: str = "uniform"  # "uniform" (the paper's) or "v" (unigen/unidiffuser/objective.py)
     min_snr_gamma: float | None = None  # None, or Min-SNR-gamma's cap on the nearly clean steps
-    endpoint_prob: float = 0.0      # per modality: P(clean) = P(pure noise), the modes' condition times
-    clip_embedding: str = "anchor"  # what of the encoder fills clip_img: "anchor" or "tokens" (see CLIP_EMBEDDINGS)
+    # per modality: P(clean) = P(pure noise), the modes' condition times (runs written before it: 0.0)
+    endpoint_prob: float = section_field(0.0, before=0.0)
+    # what of the encoder fills clip_img: "anchor" or "tokens" (see CLIP_EMBEDDINGS; runs before it: "anchor")
+    clip_embedding: str = section_field("anchor", before="anchor")
 
     @classmethod
     def from_config(cls, cfg) -> "UniDiffuserOptions":
-        given = dict(cfg.get("unidiffuser", {}) or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        for k in given:
-            if k not in known:
-                raise ConfigError(f"config.unidiffuser.{k}: unknown option; known: {sorted(known)}")
-        if "cfg_scales" in given:
-            given["cfg_scales"] = tuple(sorted(dict(given["cfg_scales"]).items()))
-        opts = cls(**given)
+        opts = read_section(cls, cfg)
+        # {mode: scale} or ((mode, scale), ...): sorted pairs, hashable
+        opts = dataclasses.replace(opts, cfg_scales=tuple(sorted(dict(opts.cfg_scales).items())))
         try:
             check_weighting(opts.weighting)
         except ValueError as e:
