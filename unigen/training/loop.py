@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import unigen.parallel as parallel
+from unigen.config_sections import may_change_on_resume, value_before
 from unigen.errors import CheckpointError, ConfigError, UnigenError
 from unigen.images import save_grid
 from unigen.models import kind_of
@@ -34,17 +35,26 @@ from unigen.training.metrics import MetricsLog, log_eval
 from unigen.training.state import create_train_state, make_optimizer
 from unigen.training.step import make_train_step
 
-# Fields a resumed run may change; anything else must match the run that wrote the work dir.
-# Optimizer hyperparameters may change (to recover from a divergence); the state's structure does not.
+# The trainer's own fields a resumed run may change; anything else must match the run that wrote the
+# work dir, unless the part that owns it declares otherwise (unigen/config_sections.py: the data
+# paths, the layers' execution options, ...). Optimizer hyperparameters may change (to recover from a
+# divergence); the state's structure does not.
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                     "train.keep_checkpoints", "train.lr", "train.grad_clip", "train.warmup_steps",
                     "train.lr_schedule", "train.weight_decay", "train.lr_multipliers", "train.b1", "train.b2",
-                    "train.ema_decay", "sample", "eval", "mesh", "data.data_dir", "data.latent_dir", "model.scan_layers",
-                    "model.remat", "model.attention_backend", "imports", "train.cpu_custom_vjps",
+                    "train.ema_decay", "sample", "eval", "mesh", "imports", "train.cpu_custom_vjps",
                     "train.async_checkpointing")
-# Fields added after work dirs were first written, with the value an older run had.
-INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": [], "model.init": "reference",
-              "unidiffuser.endpoint_prob": 0.0, "unidiffuser.clip_embedding": "anchor"}
+# The trainer's fields added after work dirs were first written, with the value an older run had
+# (a section's owner declares its own: config_sections.value_before).
+INTRODUCED = {"model.kind": "dit", "task.name": "diffusion", "train.frozen": []}
+
+
+def _may_change(key: str) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS) or may_change_on_resume(key)
+
+
+def _value_before(key: str):
+    return (True, INTRODUCED[key]) if key in INTRODUCED else value_before(key)
 
 
 class TrainingDiverged(UnigenError, RuntimeError):
@@ -63,9 +73,9 @@ def _check_same_run(workdir: str, cfg) -> None:
     old = _flatten(json.loads(to_json(ckpt_lib.read_config(workdir))))
     new = _flatten(json.loads(to_json(cfg)))
     for key in sorted(set(old) | set(new)):
-        if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
+        if _may_change(key):
             continue
-        if key not in old and INTRODUCED.get(key) == new.get(key):
+        if key not in old and _value_before(key) == (True, new.get(key)):
             continue  # written before the field existed, with the value it then implied
         if old.get(key) != new.get(key):
             raise CheckpointError(
