@@ -63,7 +63,9 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes(tmp_path):
                         f.truncate(3)
     out = _train(damaged, "--config.train.steps=8", *every)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "error: no readable checkpoint is left" in out.stderr
+    # one line naming every damaged step; no "resuming" when nothing is left to resume from, no absl ERROR lines
+    assert out.stderr.strip().startswith("error: no readable checkpoint is left") and "steps 6, 4, 2" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert len(os.listdir(damaged / "damaged_checkpoints")) == 4
 
 

@@ -148,6 +148,7 @@ def validate(cfg, num_devices: int | None = None) -> Run:
         _check_multipliers_match(run, t.lr_multipliers)
     if run.task.process is not None:  # a task that samples (not e.g. representation learning)
         _validate_sampling(s, run)
+    _validate_eval(cfg.get("eval"), run)
     for f in ("data", "fsdp", "tensor", "context"):
         _need(isinstance(cfg.mesh[f], int) and (cfg.mesh[f] >= 1 or cfg.mesh[f] == -1), f"mesh.{f}",
               cfg.mesh[f], "use a positive int, or -1 to fill the remaining devices")
@@ -163,6 +164,22 @@ def _check_multipliers_match(run, multipliers) -> None:
     for pattern, _ in multipliers:
         _need(any(re.search(pattern, p) for p in paths), "train.lr_multipliers", pattern,
               f"matches no parameter; parameter paths look like {paths[0]!r}")
+
+
+def _validate_eval(e, run) -> None:
+    """The evaluation's sizes: 0 would not mean a default (an empty protocol, a batch of nothing).
+    A task that samples draws eval.num_samples per seed, for eval.seeds seeds; the tokenizers
+    and representation tasks draw none (their configs say num_samples=0)."""
+    if e is None:
+        return
+    if "batch_size" in e:
+        _need(isinstance(e.batch_size, int) and e.batch_size >= 1, "eval.batch_size", e.batch_size,
+              "must be a positive int")
+    if run.task.process is not None and e.get("at_end", True):
+        for f in ("num_samples", "seeds"):
+            if f in e:
+                _need(isinstance(e[f], int) and e[f] >= 1, f"eval.{f}", e[f],
+                      "must be a positive int (or set eval.at_end=False to skip the evaluation)")
 
 
 def _validate_sampling(s, run) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from unigen.convert.registry import register_folder, register_task_frozen
-from unigen.errors import CheckpointError, ConfigError
+from unigen.errors import CheckpointError, ConfigError, UnigenError
+from unigen.training import disk
 
 
 class DamagedCheckpoint(CheckpointError):
@@ -56,15 +57,26 @@ def _describe(tree) -> dict[str, tuple]:
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep: int = 2, asynchronous: bool = False):
+    def __init__(self, workdir: str, *, keep: int = 2, asynchronous: bool = False, read_only: bool = False):
         """`asynchronous`: `save` returns once the state is copied off the devices and writes in
         a background thread (the next save, `close` and restores wait for it). A kill during the
-        write leaves orbax's temporary folder, which the next start removes, so exact resume holds."""
+        write leaves orbax's temporary folder, which the next start removes, so exact resume holds.
+        `read_only` (sampling, a reader of someone's work dir): nothing is created, cleaned up or
+        moved, so a training running on the same work dir keeps its in-flight save."""
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.asynchronous = bool(asynchronous)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=self.asynchronous)
+        self.asynchronous = bool(asynchronous) and not read_only
+        self.read_only = bool(read_only)
+        if read_only:  # every option read_only=True needs spelled out (orbax warns about each it changes)
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, cleanup_tmp_directories=False, max_to_keep=None,
+                save_interval_steps=0, enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                enable_async_checkpointing=self.asynchronous)
+        _quiet_damage_reports()
+        if not read_only:
+            disk.quiet_disk_full_reports()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=dict(
             state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler()))
 
@@ -72,10 +84,28 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
-        if not self.asynchronous:
-            self.manager.wait_until_finished()
+        """Save step `step`; DiskFull (one line: the folder, the space a checkpoint takes, the
+        space free) when the disk cannot hold it, checked before orbax writes anything, or
+        when the write fails for lack of space anyway."""
+        self._needed = self.bytes_needed(state)
+        _check_space_everywhere(self.directory, self._needed)
+        with disk.writing(self.directory, self._needed, _RESUME_HINT):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+            if not self.asynchronous:
+                self.manager.wait_until_finished()
+
+    def bytes_needed(self, state) -> int:
+        """What the next checkpoint takes on disk: the newest one's size, or the state's bytes
+        (uncompressed) before the first; with 2% + 1 MB to spare (steps differ a little in size,
+        and the metrics and TensorBoard logs are written meanwhile)."""
+        size = 0
+        for step in sorted(self.manager.all_steps(), reverse=True):  # one being written has no folder yet
+            size = disk.folder_bytes(os.path.join(self.directory, str(step)))
+            if size:
+                break
+        size = size or sum(int(leaf.size) * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+        return size + size // 50 + (1 << 20)
 
     def _check_compatible(self, step: int, abstract_state):
         """The checkpoint's metadata tree, after checking it holds what `abstract_state` needs."""
@@ -126,41 +156,63 @@ class Checkpointer:
         state = abstract_state.replace(**restored["state"]) if legacy else restored["state"]
         return state, (restored["data"] if with_data else None)
 
-    def restore_latest(self, abstract_state):
+    def restore_latest(self, abstract_state, *, with_data: bool = True, move_damaged: bool = True):
         """(step, state, data_state) of the newest readable checkpoint, or None when there is
-        none. A step that cannot be read is moved aside (kept, never deleted) with a two-line
-        warning, and the next newest is tried; when every step was damaged, a CheckpointError."""
-        moved = []
-        while (step := self.latest_step()) is not None:
+        none. A step that cannot be read is moved aside (`move_damaged`; kept, never deleted) or
+        left where it is (a reader), and the one before it is tried; each is named in a warning
+        once a readable step is found. When every step is damaged: one CheckpointError, naming them."""
+        damaged = []  # (step, reason, where it went or None)
+        for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                return (step, *self.restore(step, abstract_state))
+                restored = (step, *self.restore(step, abstract_state, with_data=with_data))
             except DamagedCheckpoint as e:
-                moved.append(self.move_aside(step))
-                if jax.process_index() == 0:
-                    print(f"warning: checkpoint {self.directory}/{step} cannot be read ({e}); moved it to "
-                          f"{moved[-1]}\nwarning: resuming from the newest readable checkpoint before it",
+                damaged.append((step, str(e), self.move_aside(step) if move_damaged else None))
+                continue
+            if damaged and jax.process_index() == 0:
+                for bad, reason, dst in damaged:
+                    where = f"moved it to {dst}" if dst else "left it in place"
+                    print(f"warning: checkpoint {self.directory}/{bad} cannot be read ({reason}); {where}",
                           file=sys.stderr, flush=True)
-        if moved:
-            raise CheckpointError(f"no readable checkpoint is left in {self.directory} (the damaged ones are in "
-                                  f"{os.path.dirname(moved[-1])}): use a new --workdir, or move a good step back")
+                print(f"warning: {'resuming from' if move_damaged else 'using'} step {step}, the newest readable "
+                      f"checkpoint", file=sys.stderr, flush=True)
+            return restored
+        if damaged:
+            steps = ", ".join(str(d[0]) for d in damaged)
+            first = f"step {damaged[0][0]}: {damaged[0][1]}"
+            if move_damaged:
+                raise CheckpointError(
+                    f"no readable checkpoint is left in {self.directory} (steps {steps} cannot be read, {first}; "
+                    f"they are in {os.path.dirname(damaged[0][2])}): use a new --workdir, or move a good step back")
+            raise CheckpointError(f"no checkpoint in {self.directory} can be read (steps {steps}, {first}): "
+                                  f"restore a good step from a copy, or train again")
         return None
 
     def move_aside(self, step: int) -> str:
         """Move step `step` to <workdir>/damaged_checkpoints/<step>-<time> (process 0; the others
         wait for it) and forget it; returns the new path."""
-        parent = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
-        dst = os.path.join(parent, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if jax.process_index() == 0:
-            os.makedirs(parent, exist_ok=True)
-            os.rename(os.path.join(self.directory, str(step)), dst)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"unigen_move_aside_{step}")
+        dst = _move_to_damaged(os.path.dirname(self.directory), os.path.join(self.directory, str(step)), str(step))
         self.manager.reload()
         return dst
 
     def close(self):
-        self.manager.close()
+        """Wait for a save in flight (its failure for lack of space is a DiskFull) and close."""
+        with disk.writing(self.directory, getattr(self, "_needed", None), _RESUME_HINT):
+            self.manager.close()
+
+
+_RESUME_HINT = "; then rerun: the run resumes from its last whole checkpoint"
+
+
+def _check_space_everywhere(directory: str, needed: int) -> None:
+    """`disk.check_space` decided by process 0 for every process (they share the file system),
+    so all of them stop together rather than the others waiting in orbax for a save that never
+    comes."""
+    short = jax.process_index() == 0 and not disk.has_space(directory, needed)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        short = bool(multihost_utils.broadcast_one_to_all(np.int32(short)))
+    if short:
+        raise disk.disk_full(directory, needed, _RESUME_HINT)
 
 
 def _first_line(e: Exception) -> str:
@@ -171,10 +223,11 @@ def _first_line(e: Exception) -> str:
 def _is_orphaned_read_error(exc, text: str = "") -> bool:
     """True for the leftovers of one failed orbax restore: after the first array read of a
     damaged step fails, the reads of the other arrays are abandoned and each fails later on its
-    own ('Encountered error while reading array index', or 'Event loop is closed' once its loop
-    is gone)."""
+    own ('Encountered error while reading array index', tensorstore's 'Error reading "<array>" in
+    OCDBT database ...', or 'Event loop is closed' once its loop is gone)."""
     text = f"{text} {exc!s}" if exc is not None else text
     return "Encountered error while reading array index" in text or "_read_array_index" in text \
+        or ("Error reading" in text and "OCDBT database" in text) \
         or (isinstance(exc, RuntimeError) and "Event loop is closed" in text)
 
 
@@ -196,6 +249,24 @@ class _OrphanedReadErrorFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not ("never retrieved" in record.getMessage() and _is_orphaned_read_error(exc, record.getMessage()))
+
+
+class _DamageReportFilter(logging.Filter):
+    """orbax logs an ERROR record for each unreadable step metadata file it meets while listing
+    the steps (several per damaged step); the restore that follows reports the same damage once,
+    as a warning or a CheckpointError naming the step. Drop exactly those records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to read Metadata file")
+
+
+_DAMAGE_FILTER = _DamageReportFilter()
+
+
+def _quiet_damage_reports() -> None:
+    log = logging.getLogger("absl")
+    if _DAMAGE_FILTER not in log.filters:
+        log.addFilter(_DAMAGE_FILTER)
 
 
 _PREVIOUS_HOOK = [sys.unraisablehook]
@@ -279,24 +350,90 @@ def save_frozen(workdir: str, frozen) -> None:
 
 
 def restore_frozen(workdir: str, abstract_frozen):
-    """The frozen parts written by `save_frozen`, onto the abstract tree's shardings."""
+    """The frozen parts written by `save_frozen`, onto the abstract tree's shardings (DamagedCheckpoint
+    when the folder is missing or cannot be read)."""
     if not jax.tree.leaves(abstract_frozen):
         return abstract_frozen
     path = os.path.join(os.path.abspath(workdir), FROZEN_DIR)
     if not os.path.isdir(path):
-        raise CheckpointError(f"{workdir} has checkpoints but no {FROZEN_DIR}/ (the frozen parts this config "
-                              f"needs): use a new --workdir, or restore that folder")
+        raise DamagedCheckpoint("missing")
     one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_frozen = jax.tree.map(
         lambda a: a if getattr(a, "sharding", None) is not None
         else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device), abstract_frozen)
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, abstract_frozen)
+    try:
+        with _quiet_async_errors(), ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path, abstract_frozen)
+    except Exception as e:  # the tree is the config's (the config was checked): the files are damaged
+        raise DamagedCheckpoint(f"{type(e).__name__}: {_first_line(e)}") from e
+
+
+def frozen_parts(workdir: str, abstract_frozen, rebuild, *, repair: bool):
+    """The work dir's frozen parts; when `frozen/` is missing or damaged, `rebuild()` builds them
+    again from the config and the files it names (unigen/training/initial.py: the seed, init_from,
+    the frozen encoders), with a warning. `repair` (a training run, which holds the work dir's
+    lock): the damaged folder is moved to damaged_checkpoints/ and the rebuilt parts are written
+    in its place; a reader (sampling) leaves the work dir as it is. A rebuild that fails (an encoder
+    path gone) is a CheckpointError naming both causes."""
+    path = os.path.join(os.path.abspath(workdir), FROZEN_DIR)
+    try:
+        return restore_frozen(workdir, abstract_frozen)
+    except DamagedCheckpoint as e:
+        reason = str(e)
+    try:
+        frozen = rebuild()
+    except UnigenError as e:
+        raise CheckpointError(f"{path} ({reason}) holds the frozen parts this work dir needs, and they cannot be "
+                              f"built again from its config: {e}; restore {FROZEN_DIR}/ from a copy, or use a new "
+                              f"--workdir") from None
+    if not repair:
+        what = "built them again from the config for this run (a training run on this work dir writes them back)"
+    elif reason == "missing":
+        save_frozen(workdir, frozen)
+        what = "built them again from the config and wrote them there"
+    else:
+        what = f"moved it to {_move_to_damaged(os.path.abspath(workdir), path, 'frozen')}; built them again from the config and wrote them back"
+        save_frozen(workdir, frozen)
+    if jax.process_index() == 0:
+        print(f"warning: the frozen parts in {path} cannot be read ({reason}); {what}", file=sys.stderr, flush=True)
+    return frozen
+
+
+def _move_to_damaged(workdir: str, path: str, name: str) -> str:
+    """Move `path` to <workdir>/damaged_checkpoints/<name>-<time> (process 0; the others wait)."""
+    parent = os.path.join(workdir, "damaged_checkpoints")
+    dst = os.path.join(parent, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+        os.makedirs(parent, exist_ok=True)
+        os.rename(path, dst)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"unigen_move_aside_{name}")
+    return dst
+
+
+def rebuild_frozen(cfg, run):
+    """A function building the frozen parts of a fresh run of `cfg` (on the default device)."""
+    def rebuild():
+        from unigen.training.initial import initial_state
+        from unigen.training.state import make_optimizer
+        return initial_state(cfg, run, make_optimizer(cfg.train)[0])[1]
+    return rebuild
+
+
+def _metrics_note(workdir: str) -> str:
+    """Why a work dir without checkpoints may surprise: its metrics say it trained."""
+    from unigen.training.metrics import MetricsLog
+    last = MetricsLog.last_logged_step(workdir)
+    return (f" although its metrics.jsonl logs steps up to {last} (its checkpoints were deleted or moved?)"
+            if last else "")
 
 
 def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | None = None, **overrides):
     """The model of a training work dir with its latest (EMA) parameters, on one device.
-    `overrides` change runtime fields (scan_layers, attention_backend, dtype, ...)."""
+    `overrides` change runtime fields (scan_layers, attention_backend, dtype, ...). A damaged
+    latest checkpoint falls back to the newest readable one, as a resumed training does, but
+    nothing in the work dir is moved or written (a training may be running there)."""
     import dataclasses
 
     from flax import nnx
@@ -307,15 +444,22 @@ def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | 
     cfg = read_config(workdir)
     import_plugins(cfg)
     graphdef, abstract, abstract_frozen, run = abstract_train_state(cfg)
-    ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(workdir, read_only=True)
     try:
-        step = ckpt.latest_step() if step is None else step
         if step is None:
-            raise CheckpointError(f"{workdir} has no checkpoint yet")
-        state, _ = ckpt.restore(step, abstract, with_data=False)
+            restored = ckpt.restore_latest(abstract, with_data=False, move_damaged=False)
+            if restored is None:
+                raise CheckpointError(f"{workdir} has no checkpoint yet{_metrics_note(workdir)}")
+            state = restored[1]
+        else:
+            try:
+                state, _ = ckpt.restore(step, abstract, with_data=False)
+            except DamagedCheckpoint as e:
+                raise CheckpointError(f"checkpoint {ckpt.directory}/{step} cannot be read ({e}): pick another "
+                                      f"step, or leave step unset for the newest readable one") from None
     finally:
         ckpt.close()
-    frozen = restore_frozen(workdir, abstract_frozen)
+    frozen = frozen_parts(workdir, abstract_frozen, rebuild_frozen(cfg, run), repair=False)
     model = nnx.merge(graphdef, state.ema if use_ema else state.params, state.mutable, frozen["model"])
     if not overrides:
         return model
@@ -340,8 +484,8 @@ def load_task_frozen(workdir: str) -> dict:
     cfg = read_config(workdir)
     from unigen.training.build import import_plugins
     import_plugins(cfg)
-    _, _, abstract_frozen, _ = abstract_train_state(cfg)
-    frozen = restore_frozen(workdir, abstract_frozen)
+    _, _, abstract_frozen, run = abstract_train_state(cfg)
+    frozen = frozen_parts(workdir, abstract_frozen, rebuild_frozen(cfg, run), repair=False)
     return jax.tree.map(np.asarray, dict(frozen["task"]))
 
 

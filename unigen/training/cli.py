@@ -9,6 +9,7 @@ environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM n
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -51,6 +52,14 @@ def parse_flags(argv: list[str]):
         raise ConfigError(text.strip("'\"")) from None
     if fv.config is None or not fv.workdir:
         raise ConfigError("--config CONFIG.py and --workdir DIR are required")
+    try:
+        config.value.keys  # noqa: B018  config_flags defers a config file it could not load to its first use
+    except OSError as e:
+        path = config_flags.get_config_filename(fv["config"])
+        cause = (str(e.__cause__ or e).strip().splitlines() or [""])[-1].strip()
+        why = "no such file" if not os.path.exists(path) else f"cannot be loaded ({cause})"
+        raise ConfigError(f"--config {path}: {why}; give a Python file defining get_config(), e.g. "
+                          f"configs/dit_digits.py") from None
     return config.value, fv
 
 

@@ -13,10 +13,11 @@ Sample grids and the task's evaluation sample over the whole mesh, in every proc
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import inspect
 import json
 import os
+import sys
 import time
 
 import jax
@@ -27,12 +28,14 @@ import unigen.parallel as parallel
 from unigen.config_sections import may_change_on_resume, value_before
 from unigen.errors import CheckpointError, ConfigError, UnigenError
 from unigen.images import save_grid
-from unigen.models import kind_of
 from unigen.training import checkpoint as ckpt_lib
+from unigen.training import disk
+from unigen.training import lock as lock_lib
 from unigen.training.build import validate
 from unigen.training.config import to_json
+from unigen.training.initial import initial_state
 from unigen.training.metrics import MetricsLog, log_eval
-from unigen.training.state import create_train_state, make_optimizer
+from unigen.training.state import make_optimizer
 from unigen.training.step import make_train_step
 
 # The trainer's own fields a resumed run may change; anything else must match the run that wrote the
@@ -83,81 +86,87 @@ def _check_same_run(workdir: str, cfg) -> None:
                 f"{new.get(key)!r}: use a new --workdir, or the same value to resume")
 
 
-def _initial_state(cfg, run, tx, shardings, frozen_shardings):
-    kind, patterns = run.model_kind, tuple(cfg.train.get("frozen", ()) or ())
-
-    fill = run.task.fill_model  # a task may put pretrained parts into a fresh model (host-side)
-
-    def init():
-        model = _init_from(cfg, run) if cfg.init_from else kind.build(run.model_cfg, cfg.seed)
-        if fill is not None and not cfg.init_from:
-            model = fill(model)
-        _, state, frozen_model = create_train_state(model, tx, cfg.seed, patterns)
-        return state, frozen_model
-
-    if cfg.init_from or fill is not None:  # weights read on the host, then placed
-        state, frozen_model = jax.device_put(init(), (shardings, frozen_shardings["model"]))
-    else:
-        state, frozen_model = jax.jit(init, out_shardings=(shardings, frozen_shardings["model"]))()
-    task_frozen = jax.device_put(run.task.frozen(cfg.seed), frozen_shardings["task"])
-    return state, {"model": frozen_model, "task": task_frozen}
-
-
-def _init_from(cfg, run):
-    from unigen.pretrained import from_pretrained
-    kind = run.model_kind
-    runtime = {f: getattr(run.model_cfg, f) for f in kind.runtime_fields}
-    model = from_pretrained(cfg.init_from, **runtime)
-    if kind_of(model) is not kind or dataclasses.replace(model.cfg, **runtime) != run.model_cfg:
-        raise ConfigError(f"config.init_from={cfg.init_from!r} holds a different architecture "
-                          f"({kind_of(model).name}: {model.cfg}) than config.model ({kind.name}: {run.model_cfg})")
-    return model
-
-
 def _abstract_with(abstract, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def train(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """Train (or resume) per `cfg` in `workdir`; returns the final metrics (and evaluation)."""
+    """Train (or resume) per `cfg` in `workdir`; returns the final metrics (and evaluation).
+
+    Validate, then write: everything the run reads (the config, the data set, `init_from`, the
+    frozen encoders) is read and checked before its first write into the work dir, so a run that
+    fails on a bad path leaves no work dir behind to refuse its corrected rerun. Every write
+    happens under the work dir's lock (unigen/training/lock.py): a second training on it stops
+    at once, naming the first."""
     parallel.initialize()
     mesh = parallel.make_mesh({k: cfg.mesh[k] for k in parallel.MESH_AXES})
     rules = parallel.get_rules(cfg.mesh.rules)
-    run = validate(cfg, num_devices=mesh.size)
-    task = run.task
-    main_process = jax.process_index() == 0
+    run = validate(cfg, num_devices=mesh.size)  # builds the task, which reads its frozen encoders
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir} is a file: give a folder (new or a unigen work dir)")
-    if ckpt_lib.is_workdir(workdir):
-        _check_same_run(workdir, cfg)
-    elif main_process:
-        ckpt_lib.save_config(workdir, to_json(cfg))
+    resuming = ckpt_lib.is_workdir(workdir)
+    with contextlib.ExitStack() as held:
+        if resuming:
+            _check_same_run(workdir, cfg)
+            held.enter_context(lock_lib.acquire(workdir))  # before anything reads checkpoints being written
+        tx, schedule = make_optimizer(cfg.train)
+        graphdef, abstract, abstract_frozen, _ = ckpt_lib.abstract_train_state(cfg, run)
+        # the PRNG key is replicated on purpose: every device draws the same timesteps/noise stream.
+        shardings = parallel.train_state_shardings(abstract, mesh, rules,
+                                                   regex_rules=((r"^rng$", jax.sharding.PartitionSpec()),))
+        frozen_shardings = parallel.tree_shardings(abstract_frozen, mesh, rules)
+        shard, shards = parallel.loader_shard_info(mesh, rules)
+        local_batch = parallel.local_batch_size(cfg.train.batch_size, mesh, rules)
+        data_iter = iter(run.task.dataset("train", batch_size=local_batch, seed=cfg.seed, shard=shard, shards=shards))
 
-    tx, schedule = make_optimizer(cfg.train)
-    graphdef, abstract, abstract_frozen, _ = ckpt_lib.abstract_train_state(cfg, run)
-    # the PRNG key is replicated on purpose: every device draws the same timesteps/noise stream.
-    shardings = parallel.train_state_shardings(abstract, mesh, rules, regex_rules=((r"^rng$", jax.sharding.PartitionSpec()),))
-    frozen_shardings = parallel.tree_shardings(abstract_frozen, mesh, rules)
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
-                                 asynchronous=cfg.train.get("async_checkpointing", True))
+        def fresh_state():  # reads init_from and the task's pretrained parts (e.g. rae.encoder)
+            return initial_state(cfg, run, tx, shardings, frozen_shardings)
 
-    shard, shards = parallel.loader_shard_info(mesh, rules)
-    local_batch = parallel.local_batch_size(cfg.train.batch_size, mesh, rules)
-    data_iter = iter(task.dataset("train", batch_size=local_batch, seed=cfg.seed, shard=shard, shards=shards))
+        fresh = None
+        if not resuming:
+            fresh = fresh_state()
+            held.enter_context(lock_lib.acquire(workdir))  # the first write: creates the work dir
+            if ckpt_lib.is_workdir(workdir):  # another run started it while this one was reading
+                _check_same_run(workdir, cfg)
+            elif jax.process_index() == 0:
+                config_json = to_json(cfg)
+                with disk.writing(os.path.join(workdir, ckpt_lib.CONFIG_NAME), len(config_json)):
+                    ckpt_lib.save_config(workdir, config_json)
+        ckpt = ckpt_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints,
+                                     asynchronous=cfg.train.get("async_checkpointing", True))
+        try:
+            restored = ckpt.restore_latest(_abstract_with(abstract, shardings))
+            if restored is None:
+                _say_when_retraining(workdir)
+                start, (state, frozen) = 0, fresh or fresh_state()
+                with disk.writing(os.path.join(workdir, ckpt_lib.FROZEN_DIR), _nbytes(frozen)):
+                    ckpt_lib.save_frozen(workdir, frozen)
+            else:
+                start, state, data_state = restored
+                frozen = ckpt_lib.frozen_parts(workdir, _abstract_with(abstract_frozen, frozen_shardings),
+                                               lambda: fresh_state()[1], repair=True)
+                data_iter.set_state(data_state)
+        except BaseException:
+            ckpt.close()
+            raise
+        del fresh
+        if start >= cfg.train.steps:
+            ckpt.close()
+            return _finished_run(cfg, run.task, graphdef, state, frozen, workdir, start, mesh, rules)
+        return _train_steps(cfg, run.task, workdir, ckpt, graphdef, tx, schedule, state, frozen, start, data_iter,
+                            shardings, frozen_shardings, mesh, rules, progress)
 
-    restored = ckpt.restore_latest(_abstract_with(abstract, shardings))
-    if restored is None:
-        start, (state, frozen) = 0, _initial_state(cfg, run, tx, shardings, frozen_shardings)
-        ckpt_lib.save_frozen(workdir, frozen)
-    else:
-        start, state, data_state = restored
-        frozen = ckpt_lib.restore_frozen(workdir, _abstract_with(abstract_frozen, frozen_shardings))
-        data_iter.set_state(data_state)
-    if start >= cfg.train.steps:
+
+def _train_steps(cfg, task, workdir, ckpt, graphdef, tx, schedule, state, frozen, start, data_iter,
+                 shardings, frozen_shardings, mesh, rules, progress) -> dict:
+    """Steps `start + 1 .. train.steps` with their logs, checkpoints, grids and the evaluation."""
+    main_process = jax.process_index() == 0
+    try:
+        metrics_log = MetricsLog(workdir, resume_step=start) if main_process else None
+    except BaseException:
         ckpt.close()
-        return _finished_run(cfg, task, graphdef, state, frozen, workdir, start, mesh, rules)
-    metrics_log = MetricsLog(workdir, resume_step=start) if main_process else None
+        raise
 
     train_step = make_train_step(graphdef, task, tx, schedule, grad_accum=cfg.train.grad_accum,
                                  ema_decay=cfg.train.ema_decay, custom_vjps=cfg.train.get("cpu_custom_vjps", True))
@@ -172,6 +181,7 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
     bar = _progress(start, total, progress and main_process)
     last_good, last_checked, all_finite, window = start, start, jnp.array(True), (time.perf_counter(), start)
     metrics = {}
+    failure = None
     try:
         for step in range(start + 1, total + 1):
             batch = parallel.put_batch(next(data_iter), mesh, rules)
@@ -200,21 +210,56 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
                 ckpt.save(step, state, data_iter.get_state())
                 last_good = step
             if t.sample_every and generator is not None and (step % t.sample_every == 0 or last):
-                grid = _sample_grid(cfg, task, generator, _model_states(state, frozen),
-                                    os.path.join(workdir, f"samples_{step:07d}.png"), main_process)
+                path = os.path.join(workdir, f"samples_{step:07d}.png")
+                with disk.writing(path):
+                    grid = _sample_grid(cfg, task, generator, _model_states(state, frozen), path, main_process)
                 if grid is not None:
                     metrics_log.image("samples", grid, step)
             bar.update(1)
+    except BaseException as e:
+        failure = e
+        raise
     finally:
-        bar.close()
-        ckpt.close()
-        if main_process and metrics_log is not None:
-            metrics_log.plot(os.path.join(workdir, "loss.png"))
-            metrics_log.close()
+        closers = [bar.close, ckpt.close]
+        if metrics_log is not None:
+            closers += [lambda: metrics_log.plot(os.path.join(workdir, "loss.png")), metrics_log.close]
+        _close_all(failure, closers)
     result = {"step": total, **{k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}}
     if cfg.eval.at_end:
-        result["eval"] = _evaluate(cfg, task, generator, graphdef, state, frozen, workdir, total)
+        with disk.writing(workdir):
+            result["eval"] = _evaluate(cfg, task, generator, graphdef, state, frozen, workdir, total)
     return result
+
+
+def _close_all(failure, closers) -> None:
+    """Run every closer. While the run already fails, a closer failing for lack of space (writing
+    the loss plot on the full disk that stopped the run) is dropped: the run's own error says it
+    once. Any other failure of a closer propagates (the first one)."""
+    first = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            if failure is not None and disk.is_disk_full(e):
+                continue
+            first = first or e
+    if first is not None:
+        raise first
+
+
+def _nbytes(tree) -> int:
+    return sum(int(leaf.size) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def _say_when_retraining(workdir: str) -> None:
+    """A work dir without checkpoints whose metrics log steps: trained before, its checkpoints
+    deleted (or the run killed before its first one). Training starts again from step 0, which
+    the user should know rather than find out from the metrics."""
+    last = MetricsLog.last_logged_step(workdir)
+    if last and jax.process_index() == 0:
+        print(f"warning: {workdir}/checkpoints holds no checkpoint, but metrics.jsonl logs steps up to {last}: "
+              f"training again from step 0 (its rows are replaced; keep a copy of the work dir to compare)",
+              file=sys.stderr, flush=True)
 
 
 def _generator(cfg, task, graphdef, mesh, rules):

@@ -7,33 +7,41 @@ from __future__ import annotations
 import json
 import os
 
+from unigen.training.disk import disk_full, is_disk_full, writing
+
 
 class MetricsLog:
     def __init__(self, workdir: str, *, resume_step: int = 0):
         from tensorboardX import SummaryWriter
 
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self.rows = []
+        # A resumed run repeats the steps after its checkpoint: their old rows are dropped, and a
+        # step logged twice (by two runs that wrote one work dir before it was locked) is kept
+        # once, so every resume leaves one row per step, in step order.
+        old = _read_rows(self.path)
+        by_step = {}
+        for row in old:
+            if isinstance(row.get("step"), int) and row["step"] <= resume_step:
+                by_step[row["step"]] = row  # the later row of a step wins (it was written last)
+        self.rows = [by_step[s] for s in sorted(by_step)]
+        if self.rows != old:
+            with writing(self.path, sum(len(json.dumps(r)) + 1 for r in self.rows)):
+                self._rewrite()
         # purge_step: a resumed run hides the events an interrupted one wrote after its checkpoint.
         self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1,
                                     flush_secs=30)
-        if os.path.exists(self.path):
-            # A resumed run repeats the steps after its checkpoint: drop their old rows.
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut by a kill
-                        continue
-                    if row.get("step", 0) <= resume_step:
-                        self.rows.append(row)
-            self._rewrite()
 
     def _rewrite(self):
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
         os.replace(tmp, self.path)
+
+    @staticmethod
+    def last_logged_step(workdir: str) -> int:
+        """The last step metrics.jsonl logs (0 when it logs none)."""
+        steps = [r["step"] for r in _read_rows(os.path.join(workdir, "metrics.jsonl")) if isinstance(r.get("step"), int)]
+        return max(steps, default=0)
 
     @staticmethod
     def last_row(workdir: str, step: int) -> dict:
@@ -52,9 +60,10 @@ class MetricsLog:
         return {}
 
     def write(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
+        with writing(self.path, len(line)), open(self.path, "a") as f:
+            f.write(line)
         self.rows.append(row)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"train/{key}", value, row["step"])
@@ -64,7 +73,13 @@ class MetricsLog:
         self.writer.add_image(tag, grid, step, dataformats="HWC")
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            _abandon(self.writer)
+            raise disk_full(self.writer.logdir, None) from None
 
     def plot(self, png_path: str) -> None:
         # A Figure without pyplot: drawing needs no GUI backend, and the process's (a notebook's)
@@ -89,7 +104,8 @@ class MetricsLog:
         ax[1].set_xlabel("step")
         ax[1].set_title("gradient norm")
         fig.tight_layout()
-        fig.savefig(png_path, dpi=100)
+        with writing(png_path):
+            fig.savefig(png_path, dpi=100)
 
 
 def log_eval(workdir: str, step: int, rows: dict) -> None:
@@ -100,3 +116,32 @@ def log_eval(workdir: str, step: int, rows: dict) -> None:
         for name, value in rows.get("samples", {}).items():
             if isinstance(value, dict) and "mean" in value:
                 writer.add_scalar(f"eval/{name}", value["mean"], step)
+
+
+def _read_rows(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl (none if it is missing); a line cut by a kill is skipped."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _abandon(writer) -> None:
+    """Stop a TensorBoard writer whose last flush failed for lack of space without writing again:
+    tensorboardX would otherwise retry the flush at exit and print the same failure twice more
+    (its exit hook and its writer thread)."""
+    for file_writer in list((getattr(writer, "all_writers", None) or {}).values()):
+        events = getattr(file_writer, "event_writer", None)
+        worker = getattr(events, "_worker", None)
+        if worker is not None:
+            worker.stop()
+        if events is not None:
+            events._closed = True
