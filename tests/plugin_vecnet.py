@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unigen.models import Condition, ModelKind, register_model
+from unigen.models import Condition, InputSpec, ModelKind, register_model
 from unigen.nn import Dense, timestep_embedding
 from unigen.cli_args import class_list
 from unigen.errors import ConfigError
@@ -48,12 +48,13 @@ class VecNet(nnx.Module):
         return self.out(h).reshape(x.shape) * self.cfg.scale
 
 
-def from_run_config(cfg) -> VecNetConfig:
-    return VecNetConfig(image_size=cfg.data.image_size, channels=cfg.data.channels, vec_dim=cfg.data.num_classes,
-                        hidden=cfg.model.hidden)
+def from_section(model_section, spec: InputSpec) -> VecNetConfig:
+    """config.model's `hidden`; the input's side and channels and the classes (the vector's width) from `spec`."""
+    return VecNetConfig(image_size=spec.side, channels=spec.channels, vec_dim=spec.num_classes,
+                        hidden=model_section.hidden)
 
 
-register_model(ModelKind("vecnet", VecNet, VecNetConfig, from_run_config=from_run_config,
+register_model(ModelKind("vecnet", VecNet, VecNetConfig, from_section=from_section,
                          conditions=lambda cfg: {"vec": Condition(null=0.0, dropout=0.1)},
                          runtime_fields=("scale",)))
 

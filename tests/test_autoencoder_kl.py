@@ -229,9 +229,9 @@ def test_config_input_and_run_config_errors():
     assert kind.runtime_fields == ("dtype", "remat")
     run_cfg = SimpleNamespace(model={"kind": "autoencoder_kl", "block_out_channels": [16, 32], "norm_num_groups": 8,
                                      "layers_per_block": 1, "shift_factor": None},
-                              data=SimpleNamespace(image_size=16, channels=1),
+                              data=SimpleNamespace(image_size=16, channels=1, num_classes=0),
                               train=SimpleNamespace(compute_dtype="bfloat16"))
-    cfg = kind.from_run_config(run_cfg)
+    cfg = kind.config_for(run_cfg)
     assert (cfg.in_channels, cfg.out_channels, cfg.sample_size, cfg.dtype) == (1, 1, 16, "bfloat16")
     assert cfg.block_out_channels == (16, 32) and cfg.shift_factor == 0.0
     for field, value, match in (("depth", 3, r"config\.model\.depth=3: not an AutoencoderKL field"),
@@ -239,4 +239,4 @@ def test_config_input_and_run_config_errors():
                                 ("in_channels", 3, r"config\.model\.in_channels=3: the data set's images have 1")):
         bad = SimpleNamespace(**{**vars(run_cfg), "model": {**run_cfg.model, field: value}})
         with pytest.raises(ValueError, match=match):
-            kind.from_run_config(bad)
+            kind.config_for(bad)

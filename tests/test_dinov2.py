@@ -11,7 +11,6 @@ with antialias off (Dinov2Model) and on (registers).
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ import unigen
 from unigen.convert.dinov2 import build_dinov2, dinov2_config, load_dinov2
 from unigen.convert.unigen_format import module_to_flat
 from unigen.errors import WeightError
-from unigen.models import get_model_kind
+from unigen.models import InputSpec, get_model_kind
 from unigen.tokenizers import Dinov2, Dinov2Config
 
 RTOL = 1e-4
@@ -145,10 +144,10 @@ def test_unigen_format_round_trip_and_model_kind(tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     kind = get_model_kind("dinov2")
     fields = dict(hidden_size=32, num_layers=1, num_heads=2, patch_size=4, image_size=16)
-    run_cfg = SimpleNamespace(model={"kind": "dinov2", **fields}, train=SimpleNamespace(compute_dtype="bfloat16"))
-    assert kind.from_run_config(run_cfg) == Dinov2Config(**fields, dtype="bfloat16")
+    spec = InputSpec(side=16, channels=3, num_classes=0, dtype="bfloat16")  # what the data and train sections give
+    assert kind.from_section({"kind": "dinov2", **fields}, spec) == Dinov2Config(**fields, dtype="bfloat16")
     with pytest.raises(ValueError, match="config.model.heads"):
-        kind.from_run_config(SimpleNamespace(model={"heads": 2}))
+        kind.from_section({"heads": 2}, spec)
 
 
 def test_errors(tmp_path):

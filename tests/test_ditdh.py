@@ -24,8 +24,8 @@ from unigen.convert.torch_layout import StateDict, linear
 from unigen.convert.unigen_format import build_filled
 from unigen.diffusion import RectifiedFlow
 from unigen.diffusion.flow import dimension_shift, shift_sigma
-from unigen.models import get_model_kind
-from unigen.models.ddt import DiTDH, DiTDHConfig, ditdh_config, from_run_config
+from unigen.models import InputSpec, get_model_kind
+from unigen.models.ddt import DiTDH, DiTDHConfig, ditdh_config, from_section
 from unigen.nn.posemb import sincos_2d
 from unigen.tasks.diffusion import diffusion_process
 
@@ -210,19 +210,19 @@ def test_presets_and_run_config():
         data=dict(image_size=256, channels=3, num_classes=1000, latent_encoder="some/rae", latent_downsample=16,
                   latent_channels=768),
         train=dict(compute_dtype="bfloat16")))
-    cfg = from_run_config(run)
+    cfg = from_section(run.model, InputSpec.of_run(run))
     assert cfg == ditdh_config("DiTDH-XL", scan_layers=True, dtype="bfloat16")
     kind = get_model_kind("ditdh")
-    assert kind.from_run_config(run) == cfg and kind.stacked(cfg) == ("trunk", "head")
+    assert kind.config_for(run) == cfg and kind.stacked(cfg) == ("trunk", "head")
     assert set(kind.conditions(cfg)) == {"y"} and kind.conditions(cfg)["y"].null == 1000
     assert kind.conditions(dataclasses.replace(cfg, num_classes=0)) == {}
     run.model.compat = "official"
     with pytest.raises(ValueError, match=r"config.model.compat='official': not a DiTDH field"):
-        from_run_config(run)
+        from_section(run.model, InputSpec.of_run(run))
     del run.model["compat"]
     run.model.in_channels = 4
     with pytest.raises(ValueError, match=r"config.model.in_channels=4: set by the data"):
-        from_run_config(run)
+        from_section(run.model, InputSpec.of_run(run))
 
 
 @pytest.mark.parametrize("fields, match", [

@@ -25,7 +25,8 @@ from unigen.convert.torch_layout import StateDict, linear
 from unigen.convert.unigen_format import CONFIG_FILE, build_filled, module_to_flat
 from unigen.diffusion import RectifiedFlow, samplers
 from unigen.diffusion.flow import cosine_direction_loss, sample_shift_from_timestep_shift, shift_sigma
-from unigen.models.dit import DiT, DiTConfig, dit_config, from_run_config, lightningdit_config
+from unigen.models import InputSpec
+from unigen.models.dit import DiT, DiTConfig, dit_config, from_section, lightningdit_config
 from unigen.nn.posemb import sincos_2d
 from unigen.nn.rope import apply_rope, rope_2d_freqs
 from unigen.tasks.diffusion import diffusion_process
@@ -324,12 +325,12 @@ def test_presets_and_run_config():
         model=dict(kind="dit", name="LightningDiT-B/1", depth=2, hidden_size=64, num_heads=4, qk_norm=True,
                    rope=None, scan_layers=True, remat=True),
         data=dict(image_size=8, channels=4, num_classes=10), train=dict(compute_dtype="float32")))
-    cfg = from_run_config(run)
+    cfg = from_section(run.model, InputSpec.of_run(run))
     assert (cfg.depth, cfg.hidden_size, cfg.qk_norm, cfg.rope, cfg.mlp_type, cfg.in_channels, cfg.input_size) == \
         (2, 64, True, "2d", "swiglu", 4, 8)
     run.model.compat = "diffusers"
     with pytest.raises(ValueError, match="compat='diffusers'.*LightningDiT"):
-        from_run_config(run)
+        from_section(run.model, InputSpec.of_run(run))
 
 
 @pytest.mark.parametrize("fields, match", [

@@ -218,13 +218,13 @@ def test_config_errors_and_run_config():
     run_cfg = SimpleNamespace(model={"kind": "mmdit", "num_layers": 2, "attention_head_dim": 8,
                                      "num_attention_heads": 2, "caption_projection_dim": 16,
                                      "dual_attention_layers": [0], "pos_embed_max_size": None},
-                              data=SimpleNamespace(image_size=8, channels=1),
+                              data=SimpleNamespace(image_size=8, channels=1, num_classes=0),
                               train=SimpleNamespace(compute_dtype="bfloat16"))
-    cfg = kind.from_run_config(run_cfg)
+    cfg = kind.config_for(run_cfg)
     assert (cfg.sample_size, cfg.in_channels, cfg.out_channels, cfg.dtype) == (8, 1, 1, "bfloat16")
     assert cfg.dual_attention_layers == (0,) and cfg.pos_embed_max_size is None and cfg.qk_norm is None
     run_cfg.model["depth"] = 3
     with pytest.raises(ValueError, match="config.model.depth"):
-        kind.from_run_config(run_cfg)
+        kind.config_for(run_cfg)
     conds = kind.conditions(cfg)
     assert set(conds) == {"context", "pooled"} and {c.group for c in conds.values()} == {"text"}

@@ -60,7 +60,7 @@ def test_conditions_of_one_group_are_dropped_together():
     conditions = {"context": Condition(null=-1.0, dropout=0.5, group="text"),
                   "pooled": Condition(null=-2.0, dropout=0.5, group="text"),
                   "y": Condition(null=10, dropout=0.5)}
-    kind = ModelKind("grouped", object, object, from_run_config=lambda cfg: None, conditions=lambda cfg: conditions)
+    kind = ModelKind("grouped", object, object, from_section=lambda section, spec: None, conditions=lambda cfg: conditions)
     task = Task(None, kind, None)
     n = 4000
     cond = {"context": jnp.ones((n, 3, 2)), "pooled": jnp.ones((n, 2)), "y": jnp.zeros((n,), jnp.int32)}

@@ -19,7 +19,7 @@ from flax import nnx
 import unigen
 from unigen.convert.unigen_format import build_filled, module_to_flat
 from unigen.errors import ConfigError, WeightError
-from unigen.models import UViT, UViTConfig, get_model_kind
+from unigen.models import InputSpec, UViT, UViTConfig, get_model_kind
 from unigen.models.uvit import Block
 
 RTOL = 1e-4
@@ -210,15 +210,15 @@ def test_config_errors_run_config_and_stacked():
     run_cfg = SimpleNamespace(model={"kind": "uvit", "num_layers": 3, "attention_head_dim": 8,
                                      "num_attention_heads": 2, "text_dim": 8, "clip_img_dim": 12,
                                      "num_text_tokens": 5, "scan_layers": True},
-                              data=SimpleNamespace(image_size=8, channels=1),
+                              data=SimpleNamespace(image_size=8, channels=1, num_classes=0),
                               train=SimpleNamespace(compute_dtype="bfloat16"))
-    cfg = kind.from_run_config(run_cfg)
+    cfg = kind.config_for(run_cfg)
     assert (cfg.sample_size, cfg.in_channels, cfg.out_channels, cfg.dtype) == (8, 1, 1, "bfloat16")
     assert kind.stacked(cfg) == ("in_blocks", "out_blocks") and kind.conditions(cfg) == {}
     assert kind.stacked(dataclasses.replace(cfg, num_layers=1)) == ()
     run_cfg.model["depth"] = 3
     with pytest.raises(ValueError, match="config.model.depth.*known"):
-        kind.from_run_config(run_cfg)
+        kind.from_section(run_cfg.model, InputSpec.of_run(run_cfg))
 
 
 def test_init_as_the_original():

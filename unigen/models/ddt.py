@@ -53,10 +53,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.data.shapes import model_input_shape
 from unigen.models.dit import (DIT_SIZES, MLP_TYPES, NORM_TYPES, POS_EMBEDS, ROPE_TYPES, DiTBlock, DiTConfig,
                                FinalLayer, make_stack, run_stack)
-from unigen.models.registry import Condition, ModelKind, register_model
+from unigen.models.registry import Condition, InputSpec, ModelKind, register_model
 from unigen.nn.checks import check_compute_options, is_positive_int
 from unigen.nn.embeddings import LabelEmbedder
 from unigen.nn.layers import Dense
@@ -331,11 +330,10 @@ class DiTDH(nnx.Module):
 _RUN_META = {"kind", "name"}  # config.model entries that are not DiTDHConfig fields
 
 
-def from_run_config(cfg) -> DiTDHConfig:
+def from_section(m, spec: InputSpec) -> DiTDHConfig:
     """`config.model` (a preset `name`: "DiTDH-S", ..., "DiTDH-XL"; DiTDHConfig fields override it, None =
     the preset's value) with the data set's input side and channels (pixels or the tokenizer's latents,
-    unigen/data/shapes.py), its classes and the train compute dtype."""
-    m, d, t = cfg.model, cfg.data, cfg.train
+    unigen/data/shapes.py), its classes and the train compute dtype (`spec`)."""
     fields = {k: v for k, v in m.items() if k not in _RUN_META and v is not None}
     known = {f.name for f in dataclasses.fields(DiTDHConfig)}
     for k in fields:
@@ -347,8 +345,7 @@ def from_run_config(cfg) -> DiTDHConfig:
                              f"(config.data / config.train.compute_dtype); remove it")
     if "attention_options" in fields:
         fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
-    side, channels = model_input_shape(d)  # pixels, or the tokenizer's latents
-    fields.update(input_size=side, in_channels=channels, num_classes=d.num_classes, dtype=t.compute_dtype)
+    fields.update(input_size=spec.side, in_channels=spec.channels, num_classes=spec.num_classes, dtype=spec.dtype)
     return ditdh_config(m.get("name", "DiTDH-S"), **fields)
 
 
@@ -361,6 +358,6 @@ def conditions(cfg: DiTDHConfig) -> dict[str, Condition]:
 
 
 DITDH_KIND = register_model(ModelKind(
-    "ditdh", DiTDH, DiTDHConfig, from_run_config=from_run_config, conditions=conditions,
+    "ditdh", DiTDH, DiTDHConfig, from_section=from_section, conditions=conditions,
     runtime_fields=("scan_layers", "remat", "attention_backend", "attention_options", "dtype", "class_dropout_prob"),
     stacked=lambda cfg: ("trunk", "head") if cfg.scan_layers else ()))

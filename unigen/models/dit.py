@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.data.shapes import model_input_shape
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options
 from unigen.nn.embeddings import LabelEmbedder, TimestepEmbedder, VectorEmbedder
@@ -67,7 +66,7 @@ from unigen.nn.norms import LayerNorm, RMSNorm, layer_norm
 from unigen.nn.patch import check_divisible, patchify, unpatchify
 from unigen.nn.posemb import sincos_2d
 from unigen.nn.rope import apply_rope, rope_2d_freqs
-from unigen.models.registry import Condition, ModelKind, register_model
+from unigen.models.registry import Condition, InputSpec, ModelKind, register_model
 from unigen.parallel.logical import constrain
 
 # depth, hidden size, heads (DiT Table 1).
@@ -481,12 +480,11 @@ class DiT(nnx.Module):
 _RUN_META = {"kind", "name", "compat"}  # config.model entries that are not DiTConfig fields
 
 
-def from_run_config(cfg) -> DiTConfig:
+def from_section(m, spec: InputSpec) -> DiTConfig:
     """`config.model` (a size preset `name`: "DiT-S/2", ... or "LightningDiT-B/1", ... which also
     turns LightningDiT's options on; `compat`; and DiTConfig fields, which override the preset;
     None = the preset's value) with the data set's size, channels and classes and the train
-    compute dtype."""
-    m, d, t = cfg.model, cfg.data, cfg.train
+    compute dtype (`spec`)."""
     fields = {k: v for k, v in m.items() if k not in _RUN_META and v is not None}
     known = {f.name for f in dataclasses.fields(DiTConfig)}
     for k in fields:
@@ -494,8 +492,7 @@ def from_run_config(cfg) -> DiTConfig:
             raise ValueError(f"config.model.{k}={fields[k]!r}: not a DiT field; known: {sorted(known)}")
     if "attention_options" in fields:
         fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
-    side, channels = model_input_shape(d)  # pixels, or the tokenizer's latents
-    fields.update(input_size=side, in_channels=channels, num_classes=d.num_classes, dtype=t.compute_dtype)
+    fields.update(input_size=spec.side, in_channels=spec.channels, num_classes=spec.num_classes, dtype=spec.dtype)
     return dit_config(m.get("name", "DiT-S/2"), compat=m.get("compat", "official"), **fields)
 
 
@@ -512,6 +509,6 @@ def conditions(cfg: DiTConfig) -> dict[str, Condition]:
 
 
 DIT_KIND = register_model(ModelKind(
-    "dit", DiT, DiTConfig, from_run_config=from_run_config, conditions=conditions,
+    "dit", DiT, DiTConfig, from_section=from_section, conditions=conditions,
     runtime_fields=("scan_layers", "remat", "attention_backend", "attention_options", "dtype", "class_dropout_prob"),
     stacked=lambda cfg: ("blocks",) if cfg.scan_layers else ()))

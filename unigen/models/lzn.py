@@ -31,7 +31,7 @@ from flax import nnx
 
 from unigen.lzn.encoder import ImageEncoder, ImageEncoderConfig, LabelAnchors
 from unigen.models.dit import DiT, DiTConfig, dit_config
-from unigen.models.registry import Condition, ModelKind, _tuples, register_model
+from unigen.models.registry import Condition, InputSpec, ModelKind, _tuples, register_model
 from unigen.nn.checks import is_positive_int
 
 RUNTIME_FIELDS = ("dtype", "attention_backend", "scan_layers", "remat")
@@ -144,12 +144,11 @@ class LZN(nnx.Module):
 
 
 # ---- the "lzn" model kind ----------------------------------------------------------------------
-def from_run_config(cfg) -> LZNConfig:
+def from_section(m, spec: InputSpec) -> LZNConfig:
     """`config.model`: `encoder` (ImageEncoderConfig fields), `decoder` (None, or a DiT size
     preset `name` with DiTConfig fields), `num_classes` (-1 = the data set's), `decoder_label`
-    and the runtime fields; image size and channels come from `config.data`, the compute
-    dtype from `config.train`."""
-    m, d = cfg.model, cfg.data
+    and the runtime fields; the input's side and channels, the classes and the compute dtype
+    come from `spec`."""
     allowed = {"kind", "encoder", "decoder", "num_classes", "decoder_label", *RUNTIME_FIELDS}
     unknown = sorted(set(m.keys()) - allowed)
     if unknown:
@@ -158,7 +157,7 @@ def from_run_config(cfg) -> LZNConfig:
     for k in ("image_size", "channels", "dtype", "attention_backend", "scan_layers"):
         if k in enc:
             raise ValueError(f"config.model.encoder.{k}: set by config.data / config.model, not per network")
-    enc.update(image_size=d.image_size, channels=d.channels)
+    enc.update(image_size=spec.side, channels=spec.channels)
     try:
         encoder = ImageEncoderConfig(**enc)
     except TypeError as e:
@@ -167,15 +166,15 @@ def from_run_config(cfg) -> LZNConfig:
     if m.get("decoder"):
         dec = dict(m.decoder)
         name = dec.pop("name", "DiT-S/2")
-        dec.update(input_size=d.image_size, in_channels=d.channels, learn_sigma=dec.get("learn_sigma", False))
+        dec.update(input_size=spec.side, in_channels=spec.channels, learn_sigma=dec.get("learn_sigma", False))
         try:
             decoder = dit_config(name, **dec)
         except ValueError as e:
             raise ValueError(f"config.model.decoder: {e}") from None
     num_classes = m.get("num_classes", -1)
-    num_classes = d.num_classes if num_classes == -1 else num_classes
+    num_classes = spec.num_classes if num_classes == -1 else num_classes
     runtime = {k: m[k] for k in RUNTIME_FIELDS if k in m}
-    runtime["dtype"] = cfg.train.compute_dtype
+    runtime["dtype"] = spec.dtype
     return LZNConfig(encoder=encoder, decoder=decoder, num_classes=num_classes,
                      decoder_label=bool(m.get("decoder_label", False)), **runtime).validate()
 
@@ -198,5 +197,5 @@ def stacked(cfg: LZNConfig) -> tuple[str, ...]:
 
 
 LZN_KIND = register_model(ModelKind(
-    "lzn", LZN, LZNConfig, from_run_config=from_run_config, conditions=conditions,
+    "lzn", LZN, LZNConfig, from_section=from_section, conditions=conditions,
     runtime_fields=RUNTIME_FIELDS, stacked=stacked))

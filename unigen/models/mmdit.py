@@ -36,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unigen.data.shapes import model_input_shape
-from unigen.models.registry import Condition, ModelKind, register_model
+from unigen.models.registry import Condition, InputSpec, ModelKind, register_model
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.embeddings import TimestepEmbedder, VectorEmbedder
@@ -308,10 +307,9 @@ class MMDiT(nnx.Module):
 
 
 # ---- the "mmdit" model kind ----------------------------------------------------------------------
-def from_run_config(cfg) -> MMDiTConfig:
-    """`config.model` (MMDiTConfig fields; None = default) with the data set's image size and
-    channels and the train compute dtype."""
-    m, d, t = cfg.model, cfg.data, cfg.train
+def from_section(m, spec: InputSpec) -> MMDiTConfig:
+    """`config.model` (MMDiTConfig fields; None = default) with the input's side and channels and the
+    train compute dtype (`spec`)."""
     fields = {k: v for k, v in m.items() if k != "kind" and v is not None}
     known = {f.name for f in dataclasses.fields(MMDiTConfig)}
     for k in fields:
@@ -321,8 +319,7 @@ def from_run_config(cfg) -> MMDiTConfig:
         fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
     if "dual_attention_layers" in fields:
         fields["dual_attention_layers"] = tuple(fields["dual_attention_layers"])
-    side, channels = model_input_shape(d)  # pixels, or the tokenizer's latents
-    fields.update(sample_size=side, in_channels=channels, out_channels=channels, dtype=t.compute_dtype)
+    fields.update(sample_size=spec.side, in_channels=spec.channels, out_channels=spec.channels, dtype=spec.dtype)
     return MMDiTConfig(**fields).validate()
 
 
@@ -338,6 +335,6 @@ def stacked(cfg: MMDiTConfig) -> tuple[str, ...]:
 
 
 MMDIT_KIND = register_model(ModelKind(
-    "mmdit", MMDiT, MMDiTConfig, from_run_config=from_run_config, conditions=conditions,
+    "mmdit", MMDiT, MMDiTConfig, from_section=from_section, conditions=conditions,
     runtime_fields=("scan_layers", "remat", "attention_backend", "attention_options", "dtype", "text_dropout_prob"),
     stacked=stacked))

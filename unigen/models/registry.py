@@ -5,7 +5,10 @@ what "no condition" means for each (the null condition that condition dropout in
 classifier-free guidance in sampling both use), and which of its config fields are runtime
 options rather than architecture. Networks are called `model(x, t, **cond)`.
 
-    register_model(ModelKind("my_net", MyNet, MyNetConfig, from_run_config=..., conditions=...))
+    register_model(ModelKind("my_net", MyNet, MyNetConfig, from_section=..., conditions=...))
+
+`from_section(config.model, spec)` gets the kind's own section and an `InputSpec` (input side,
+channels, classes, compute dtype), not the whole run config.
 
 A kind registered from outside `unigen/` (a config file may import the module that registers
 it, see `config.imports`) trains, checkpoints, resumes and samples like the built-in ones.
@@ -17,6 +20,7 @@ import dataclasses
 from typing import Any, Callable
 
 from unigen.config_sections import declare_fields
+from unigen.data.shapes import model_input_shape
 from unigen.registry import Registry
 
 # How layers execute, not what they compute: a resumed run may change these for any kind.
@@ -37,14 +41,35 @@ class Condition:
 
 
 @dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What a network is sized for, from the run's data and train sections: one input's side and
+    channels (pixels, or the tokenizer's latents: unigen/data/shapes.py), the data set's classes and
+    the compute dtype. A model kind reads its own `config.model` section and this, nothing else."""
+    side: int
+    channels: int
+    num_classes: int
+    dtype: str
+
+    @classmethod
+    def of_run(cls, cfg) -> "InputSpec":
+        side, channels = model_input_shape(cfg.data)
+        return cls(side, channels, cfg.data.num_classes, cfg.train.compute_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelKind:
     name: str
     module: type                                  # module(config, rngs=nnx.Rngs(...)), keeps `.cfg`
     config: type                                  # a frozen dataclass
-    from_run_config: Callable[[Any], Any]         # run config (ConfigDict) -> model config; ValueError if bad
+    # from_section(config.model, InputSpec) -> model config; ValueError naming the field if bad
+    from_section: Callable[[Any, InputSpec], Any]
     conditions: Callable[[Any], dict[str, Condition]] = lambda cfg: {}
     runtime_fields: tuple[str, ...] = ()          # may differ between save and load (remat, dtype, ...)
     stacked: Callable[[Any], tuple[str, ...]] = lambda cfg: ()  # subtrees stacked over layers (scan)
+
+    def config_for(self, run_cfg):
+        """The model config a run config asks for: its model section and the input spec."""
+        return self.from_section(run_cfg.model, InputSpec.of_run(run_cfg))
 
     def build(self, config, seed: int = 0):
         from flax import nnx

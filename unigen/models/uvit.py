@@ -59,9 +59,8 @@ import numpy as np
 from flax import nnx
 
 from unigen.config_sections import declare_fields
-from unigen.data.shapes import model_input_shape
 from unigen.models.dit import make_stack
-from unigen.models.registry import ModelKind, register_model
+from unigen.models.registry import InputSpec, ModelKind, register_model
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.embeddings import timestep_embedding
@@ -430,10 +429,9 @@ class UViT(nnx.Module):
 RUNTIME_FIELDS = ("scan_layers", "remat", "attention_backend", "attention_options", "dtype")
 
 
-def from_run_config(cfg) -> UViTConfig:
-    """`config.model` (UViTConfig fields; None = default) with the data set's image size and
-    channels (pixels, or the tokenizer's latents) and the train compute dtype."""
-    m, d, t = cfg.model, cfg.data, cfg.train
+def from_section(m, spec: InputSpec) -> UViTConfig:
+    """`config.model` (UViTConfig fields; None = default) with the input's side and channels (pixels,
+    or the tokenizer's latents) and the train compute dtype (`spec`)."""
     fields = {k: v for k, v in m.items() if k != "kind" and v is not None}
     known = {f.name for f in dataclasses.fields(UViTConfig)}
     for k in fields:
@@ -441,8 +439,7 @@ def from_run_config(cfg) -> UViTConfig:
             raise ValueError(f"config.model.{k}={fields[k]!r}: not a U-ViT field; known: {sorted(known)}")
     if "attention_options" in fields:
         fields["attention_options"] = tuple(sorted(dict(fields["attention_options"]).items()))
-    side, channels = model_input_shape(d)
-    fields.update(sample_size=side, in_channels=channels, out_channels=channels, dtype=t.compute_dtype)
+    fields.update(sample_size=spec.side, in_channels=spec.channels, out_channels=spec.channels, dtype=spec.dtype)
     return UViTConfig(**fields).validate()
 
 
@@ -453,5 +450,5 @@ def stacked(cfg: UViTConfig) -> tuple[str, ...]:
 # No named conditions: the network's inputs are its modalities (image, CLIP image, text) and
 # their timesteps, which the UniDiffuser task supplies.
 UVIT_KIND = register_model(ModelKind(
-    "uvit", UViT, UViTConfig, from_run_config=from_run_config, conditions=lambda cfg: {},
+    "uvit", UViT, UViTConfig, from_section=from_section, conditions=lambda cfg: {},
     runtime_fields=RUNTIME_FIELDS, stacked=stacked))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.models.registry import ModelKind, register_model
+from unigen.models.registry import InputSpec, ModelKind, register_model
 from unigen.nn.checks import COMPUTE_DTYPES, is_positive_int
 from unigen.nn.conv import Conv2d, GroupNorm
 from unigen.tokenizers.kl_blocks import DownBlock, MidBlock, UpBlock
@@ -198,10 +198,10 @@ def denormalize_latents(z: jax.Array, cfg: AutoencoderKLConfig | AutoencoderKL) 
 
 
 # ---- the "autoencoder_kl" model kind -------------------------------------------------------------
-def from_run_config(cfg) -> AutoencoderKLConfig:
+def from_section(m, spec: InputSpec) -> AutoencoderKLConfig:
     """`config.model` (AutoencoderKLConfig fields; None = default); in/out channels and sample_size
-    default to the data set's, dtype to the train compute dtype."""
-    fields = {k: v for k, v in cfg.model.items() if k != "kind" and v is not None}
+    default to the input's (`spec`), dtype to the train compute dtype."""
+    fields = {k: v for k, v in m.items() if k != "kind" and v is not None}
     known = {f.name for f in dataclasses.fields(AutoencoderKLConfig)}
     for k, v in fields.items():
         if k not in known:
@@ -209,20 +209,15 @@ def from_run_config(cfg) -> AutoencoderKLConfig:
     for k in ("block_out_channels", "sample_size"):
         if isinstance(fields.get(k), list):
             fields[k] = tuple(fields[k])
-    data, train = getattr(cfg, "data", None), getattr(cfg, "train", None)
-    channels = getattr(data, "channels", None)
-    if channels is not None:
-        for k in ("in_channels", "out_channels"):
-            if fields.setdefault(k, channels) != channels:
-                raise ValueError(f"config.model.{k}={fields[k]!r}: the data set's images have {channels} "
-                                 f"channels; drop the field or set it to {channels}")
-    if getattr(data, "image_size", None) is not None:
-        fields.setdefault("sample_size", data.image_size)
-    if getattr(train, "compute_dtype", None) is not None:
-        fields.setdefault("dtype", train.compute_dtype)
+    for k in ("in_channels", "out_channels"):
+        if fields.setdefault(k, spec.channels) != spec.channels:
+            raise ValueError(f"config.model.{k}={fields[k]!r}: the data set's images have {spec.channels} "
+                             f"channels; drop the field or set it to {spec.channels}")
+    fields.setdefault("sample_size", spec.side)
+    fields.setdefault("dtype", spec.dtype)
     return _checked(AutoencoderKLConfig(**fields), "config.model")
 
 
 AUTOENCODER_KL_KIND = register_model(ModelKind(
-    "autoencoder_kl", AutoencoderKL, AutoencoderKLConfig, from_run_config=from_run_config,
+    "autoencoder_kl", AutoencoderKL, AutoencoderKLConfig, from_section=from_section,
     runtime_fields=("dtype", "remat")))

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.models.registry import ModelKind, register_model
+from unigen.models.registry import InputSpec, ModelKind, register_model
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.layers import Dense, param
@@ -228,21 +228,19 @@ class Dinov2(nnx.Module):
 
 
 # ---- the "dinov2" model kind ------------------------------------------------------------------
-def from_run_config(cfg) -> Dinov2Config:
+def from_section(m, spec: InputSpec) -> Dinov2Config:
     """`config.model`: Dinov2Config fields (None = default); dtype defaults to the train compute dtype."""
-    fields = {k: v for k, v in cfg.model.items() if k != "kind" and v is not None}
+    fields = {k: v for k, v in m.items() if k != "kind" and v is not None}
     known = {f.name for f in dataclasses.fields(Dinov2Config)}
     for k, v in fields.items():
         if k not in known:
             raise ValueError(f"config.model.{k}={v!r}: not a Dinov2 field; known: {sorted(known)}")
-    train = getattr(cfg, "train", None)
-    if getattr(train, "compute_dtype", None) is not None:
-        fields.setdefault("dtype", train.compute_dtype)
+    fields.setdefault("dtype", spec.dtype)
     try:
         return Dinov2Config(**fields).validate()
     except ValueError as e:
         raise ValueError(f"config.model: {e}") from None
 
 
-DINOV2_KIND = register_model(ModelKind("dinov2", Dinov2, Dinov2Config, from_run_config=from_run_config,
+DINOV2_KIND = register_model(ModelKind("dinov2", Dinov2, Dinov2Config, from_section=from_section,
                                        runtime_fields=RUNTIME_FIELDS))

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unigen.models.registry import ModelKind, register_model
+from unigen.models.registry import InputSpec, ModelKind, register_model
 from unigen.nn.attention import attention
 from unigen.nn.checks import check_compute_options, check_positive_ints
 from unigen.nn.layers import Dense, param
@@ -320,21 +320,18 @@ class RAE(nnx.Module):
 
 
 # ---- the "rae" model kind ----------------------------------------------------------------------
-def from_run_config(cfg) -> RAEConfig:
+def from_section(m, spec: InputSpec) -> RAEConfig:
     """`config.model`: RAEConfig fields with `encoder` a dict of the encoder's config fields
-    (for encoder_type "lzn" usually filled from config.rae.encoder by the rae task); dtype from
-    `config.train`; num_channels from `config.data`."""
-    fields = {k: v for k, v in cfg.model.items() if k != "kind" and v is not None}
+    (for encoder_type "lzn" usually filled from config.rae.encoder by the rae task); dtype and
+    num_channels (defaults) from the input `spec`."""
+    fields = {k: v for k, v in m.items() if k != "kind" and v is not None}
     known = {f.name for f in dataclasses.fields(RAEConfig)}
     for k in fields:
         if k not in known:
             raise ValueError(f"config.model.{k}: not an RAE field; known: {sorted(known)}")
     fields["encoder"] = dict(fields.get("encoder") or {})
-    channels = getattr(getattr(cfg, "data", None), "channels", None)
-    if channels is not None:
-        fields.setdefault("num_channels", channels)
-    if getattr(getattr(cfg, "train", None), "compute_dtype", None):
-        fields.setdefault("dtype", cfg.train.compute_dtype)
+    fields.setdefault("num_channels", spec.channels)
+    fields.setdefault("dtype", spec.dtype)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     try:
         return RAEConfig(**fields).validate()
@@ -342,5 +339,5 @@ def from_run_config(cfg) -> RAEConfig:
         raise ValueError(f"config.model: {e}") from None
 
 
-RAE_KIND = register_model(ModelKind("rae", RAE, RAEConfig, from_run_config=from_run_config,
+RAE_KIND = register_model(ModelKind("rae", RAE, RAEConfig, from_section=from_section,
                                     runtime_fields=RUNTIME_FIELDS))

@@ -21,7 +21,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from unigen.models.registry import ModelKind, register_model
+from unigen.models.registry import InputSpec, ModelKind, register_model
 from unigen.nn.layers import Dense, param
 from unigen.tokenizers.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 
@@ -94,10 +94,9 @@ class VAVAE(nnx.Module):
         return self.autoencoder
 
 
-def from_run_config(cfg) -> VAVAEConfig:
-    """`config.model`: `autoencoder` (AutoencoderKLConfig fields; in/out channels come from
-    `config.data`), `vf_dim`, `logvar_init` and the runtime fields; dtype from `config.train`."""
-    m, d = cfg.model, cfg.data
+def from_section(m, spec: InputSpec) -> VAVAEConfig:
+    """`config.model`: `autoencoder` (AutoencoderKLConfig fields; in/out channels and size come from
+    the input `spec`), `vf_dim`, `logvar_init` and the runtime fields; dtype from `spec`."""
     allowed = {"kind", "autoencoder", "vf_dim", "logvar_init", *RUNTIME_FIELDS}
     unknown = sorted(set(m.keys()) - allowed)
     if unknown:
@@ -106,7 +105,7 @@ def from_run_config(cfg) -> VAVAEConfig:
     for k in ("in_channels", "out_channels", "dtype", "remat"):
         if k in ae:
             raise ValueError(f"config.model.autoencoder.{k}: set by config.data / config.model, not here")
-    ae.update(in_channels=d.channels, out_channels=d.channels, sample_size=d.image_size)
+    ae.update(in_channels=spec.channels, out_channels=spec.channels, sample_size=spec.side)
     ae = {k: tuple(v) if isinstance(v, list) else v for k, v in ae.items()}
     try:
         autoencoder = AutoencoderKLConfig(**ae)
@@ -114,10 +113,10 @@ def from_run_config(cfg) -> VAVAEConfig:
         raise ValueError(f"config.model.autoencoder: {e}") from None
     try:
         return VAVAEConfig(autoencoder=autoencoder, vf_dim=m.get("vf_dim", 0), logvar_init=m.get("logvar_init", 0.0),
-                           dtype=cfg.train.compute_dtype, remat=m.get("remat", False)).validate()
+                           dtype=spec.dtype, remat=m.get("remat", False)).validate()
     except ValueError as e:
         raise ValueError(f"config.model: {e}") from None
 
 
-VAVAE_KIND = register_model(ModelKind("vavae", VAVAE, VAVAEConfig, from_run_config=from_run_config,
+VAVAE_KIND = register_model(ModelKind("vavae", VAVAE, VAVAEConfig, from_section=from_section,
                                       runtime_fields=RUNTIME_FIELDS))

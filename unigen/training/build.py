@@ -86,7 +86,7 @@ def build(cfg) -> Run:
     except ValueError as e:
         raise ConfigError(f"config.task.name={task_name!r}: {e}") from None
     try:
-        model_cfg = kind.from_run_config(cfg)
+        model_cfg = kind.config_for(cfg)
     except ConfigError:
         raise
     except ValueError as e:
