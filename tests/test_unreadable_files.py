@@ -138,6 +138,7 @@ def test_damaged_init_from_weights_stop_training_with_one_error_line(dit, tmp_pa
     _damage(_weights(folder), "random")
     rc = _train_main(monkeypatch, "dit_digits.py", tmp_path / "run", f"--config.init_from={folder}")
     _one_error_line(rc, capsys.readouterr().err, _weights(folder), "not a readable safetensors file")
+    assert not (tmp_path / "run").exists()  # read before the first write: no work dir to trap the rerun
 
 
 def test_damaged_latent_encoder_weights_stop_training_with_one_error_line(tmp_path, monkeypatch, capsys):
@@ -151,6 +152,7 @@ def test_damaged_latent_encoder_weights_stop_training_with_one_error_line(tmp_pa
     rc = _train_main(monkeypatch, "lightningdit_digits.py", tmp_path / "run", f"--config.data.latent_encoder={vae}")
     _one_error_line(rc, capsys.readouterr().err, "config.data.latent_encoder", _weights(vae),
                     "not a readable safetensors file")
+    assert not (tmp_path / "run").exists()
 
 
 # ---- config.json -------------------------------------------------------------------------------------
@@ -275,3 +277,4 @@ def test_text_encoder_path_holding_another_model_is_refused(dit, tmp_path, monke
         resolve_text_encoder(str(tmp_path / "empty"))
     rc = _train_main(monkeypatch, "mmdit_digits.py", tmp_path / "run", f"--config.text.encoder={dit}", tiny=["--no-progress"])
     _one_error_line(rc, capsys.readouterr().err, dit, "not a text encoder")
+    assert not (tmp_path / "run").exists()
