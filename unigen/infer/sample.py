@@ -79,24 +79,6 @@ def _parse(argv):
     return args
 
 
-def _pretrained_task(model):
-    """The DiT Gaussian diffusion task for a DiT read by from_pretrained (no run config)."""
-    import ml_collections
-
-    from unigen.errors import ConfigError
-    from unigen.models import kind_of
-    from unigen.tasks import DiffusionTask
-
-    kind, c = kind_of(model), model.cfg
-    if kind.name != "dit":
-        raise ConfigError(f"--pretrained samples DiTs; this is a {kind.name!r}: sample its training --workdir")
-    cfg = ml_collections.ConfigDict(dict(
-        data=dict(name="pretrained", image_size=c.input_size, channels=c.in_channels, num_classes=c.num_classes),
-        diffusion=dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss=None),
-        sample=dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels="dit", eta=0.0, clip_denoised=False)))
-    return cfg, DiffusionTask(cfg, kind, c)
-
-
 def main(argv=None) -> int:
     args = _parse(argv)
     from unigen.training.cli import quiet_third_party_logs
@@ -149,8 +131,9 @@ def _sample(args) -> int:
         task = build(cfg).task
     else:
         from unigen.pretrained import from_pretrained
+        from unigen.tasks import released_task
         model = from_pretrained(args.pretrained)
-        cfg, task = _pretrained_task(model)
+        cfg, task = released_task(model)
     requests = task.sample_requests()
     if not requests:
         raise ConfigError(f"task {task.name!r} draws no samples (it trains no generative model); its work dir's "

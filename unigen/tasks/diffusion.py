@@ -176,3 +176,20 @@ class DiffusionTask(Task):
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(rows, f, indent=2)
         return rows
+
+
+def released_task(model):
+    """(run config, task) to sample a network read by `from_pretrained` without a run config: a
+    released DiT with the Gaussian diffusion it was trained with (1000 linear-schedule steps, learned
+    variance) and the official sampler's settings (250 DDPM steps, guidance 1.5 on 3 channels)."""
+    import ml_collections
+
+    from unigen.models import kind_of
+    kind, c = kind_of(model), model.cfg
+    if kind.name != "dit":
+        raise ConfigError(f"--pretrained samples DiTs; this is a {kind.name!r}: sample its training --workdir")
+    cfg = ml_collections.ConfigDict(dict(
+        data=dict(name="pretrained", image_size=c.input_size, channels=c.in_channels, num_classes=c.num_classes),
+        diffusion=dict(kind="gaussian", num_timesteps=1000, beta_schedule="linear", loss=None),
+        sample=dict(sampler="ddpm", steps=250, cfg_scale=1.5, guided_channels="dit", eta=0.0, clip_denoised=False)))
+    return cfg, DiffusionTask(cfg, kind, c)

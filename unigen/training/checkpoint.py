@@ -479,7 +479,7 @@ def load_model_for_inference(workdir: str, *, use_ema: bool = True, step: int | 
 # training, which imports them.
 @register_task_frozen("unigen training work dir", is_workdir)
 def load_task_frozen(workdir: str) -> dict:
-    """The task's frozen parts of a work dir (e.g. an LZN classifier's reference images), as
+    """The task's frozen parts of a work dir (e.g. a classifier's reference images), as
     numpy arrays on the host; {} when the task has none."""
     cfg = read_config(workdir)
     from unigen.training.build import import_plugins

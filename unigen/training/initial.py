@@ -1,8 +1,8 @@
 """The state a fresh run starts from, and its frozen parts.
 
 The model is built from the config's seed, read from `config.init_from`, or built and then
-filled by the task with pretrained parts (`Task.fill_model`, e.g. RAE's frozen encoder read from
-`config.rae.encoder`); the task adds frozen parts of its own (`Task.frozen`, e.g. a text
+filled by the task with pretrained parts (`Task.fill_model`, e.g. a frozen encoder read from a
+path in the task's config section); the task adds frozen parts of its own (`Task.frozen`, e.g. a text
 encoder's table of caption states). Every one of these is a function of the config and the files
 it names, so the frozen parts of a work dir can be built again when its `frozen/` folder is
 damaged (unigen/training/checkpoint.py).

@@ -120,7 +120,7 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
         local_batch = parallel.local_batch_size(cfg.train.batch_size, mesh, rules)
         data_iter = iter(run.task.dataset("train", batch_size=local_batch, seed=cfg.seed, shard=shard, shards=shards))
 
-        def fresh_state():  # reads init_from and the task's pretrained parts (e.g. rae.encoder)
+        def fresh_state():  # reads init_from and the task's pretrained parts (Task.fill_model)
             return initial_state(cfg, run, tx, shardings, frozen_shardings)
 
         fresh = None
@@ -307,8 +307,8 @@ def _model_states(state, frozen):
 
 def _generate_fn(generator, states, batch_size, task):
     """`generate(cond, num, seed, label=None, **options) -> numpy images`, the form tasks evaluate
-    with (a latent task's samples decoded to pixels); `options` go to the task's generator (e.g.
-    UniDiffuser's mode=)."""
+    with (a latent task's samples decoded to pixels); `options` go to the task's generator (e.g. a
+    sampling mode of a multi-modal task)."""
     def generate(cond, num, seed, label=None, **options):
         samples = generator(states, cond, jax.random.PRNGKey(seed), num=num, batch_size=batch_size, progress=label,
                             **options)

@@ -71,7 +71,7 @@ def scale_by_path(inner: optax.GradientTransformation,
                   multipliers: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
     """`inner` with each parameter's update multiplied by the factor of the first regular
     expression that matches its path ('encoder/blocks/0/qkv/kernel'; unmatched: 1). Around
-    AdamW this is a per-group learning rate (torch's param groups, e.g. LZN's encoder at 1/40
+    AdamW this is a per-group learning rate (torch's param groups, e.g. an encoder at 1/40
     of the decoder's rate), decoupled weight decay included. The state is `inner`'s own, so
     checkpoints do not change structure and a resumed run may change the multipliers."""
     rules = [(re.compile(p), float(f)) for p, f in multipliers]
