@@ -182,10 +182,13 @@ def test_a_failed_first_run_leaves_no_work_dir_to_trap_the_rerun(tmp_path):
     assert _steps(new) == [1, 2]
 
 
-def test_a_missing_config_file_is_one_line(tmp_path):
+def test_a_missing_config_file_or_a_work_dir_under_a_file_is_one_line(tmp_path):
     out = _cli("train/train.py", "--config", str(tmp_path / "nothing.py"), "--workdir", str(tmp_path / "w"))
     _refused(out, f"--config {tmp_path / 'nothing.py'}: no such file")
     assert not (tmp_path / "w").exists()
+    (tmp_path / "file").write_text("x")
+    out = _train(tmp_path / "file" / "w", "--config.train.steps=2")
+    _refused(out, f"--workdir {tmp_path / 'file' / 'w'}: {tmp_path / 'file'} is a file")
 
 
 # ---- class 6: damaged checkpoints and frozen parts, read by the sampler ------------------------------

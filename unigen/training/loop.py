@@ -25,8 +25,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 import unigen.parallel as parallel
+from unigen.cli_args import check_output_folder
 from unigen.config_sections import may_change_on_resume, value_before
-from unigen.errors import CheckpointError, ConfigError, UnigenError
+from unigen.errors import CheckpointError, UnigenError
 from unigen.images import save_grid
 from unigen.training import checkpoint as ckpt_lib
 from unigen.training import disk
@@ -98,13 +99,12 @@ def train(cfg, workdir: str, *, progress: bool = True) -> dict:
     fails on a bad path leaves no work dir behind to refuse its corrected rerun. Every write
     happens under the work dir's lock (unigen/training/lock.py): a second training on it stops
     at once, naming the first."""
+    workdir = os.path.abspath(workdir)
+    check_output_folder(workdir, "--workdir")  # a file, under a file, not writable: refused before any work
     parallel.initialize()
     mesh = parallel.make_mesh({k: cfg.mesh[k] for k in parallel.MESH_AXES})
     rules = parallel.get_rules(cfg.mesh.rules)
     run = validate(cfg, num_devices=mesh.size)  # builds the task, which reads its frozen encoders
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir {workdir} is a file: give a folder (new or a unigen work dir)")
     resuming = ckpt_lib.is_workdir(workdir)
     with contextlib.ExitStack() as held:
         if resuming:
