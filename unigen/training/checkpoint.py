@@ -6,6 +6,11 @@ iterator's position (JSON). The frozen parts (unigen/training/state.py) are writ
 work dir, into `<workdir>/frozen`. Orbax writes into a temporary directory and renames it when
 complete, so a run killed at any moment, even during a save, leaves only whole
 checkpoints; leftovers are cleaned up on the next start.
+
+Damage is survived the same way everywhere: a step that cannot be read is moved to
+`<workdir>/damaged_checkpoints/` by a training (a reader, such as sampling, leaves it in place)
+and the step before it is used; frozen parts that cannot be read are built again from the
+config (`frozen_parts`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Checkpointer:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.asynchronous = bool(asynchronous) and not read_only
         self.read_only = bool(read_only)
+        self._needed = None  # bytes the save in flight takes (for the message if it fails)
         if read_only:  # every option read_only=True needs spelled out (orbax warns about each it changes)
             options = ocp.CheckpointManagerOptions(
                 read_only=True, create=False, cleanup_tmp_directories=False, max_to_keep=None,
@@ -196,7 +202,7 @@ class Checkpointer:
 
     def close(self):
         """Wait for a save in flight (its failure for lack of space is a DiskFull) and close."""
-        with disk.writing(self.directory, getattr(self, "_needed", None), _RESUME_HINT):
+        with disk.writing(self.directory, self._needed, _RESUME_HINT):
             self.manager.close()
 
 
@@ -204,7 +210,7 @@ _RESUME_HINT = "; then rerun: the run resumes from its last whole checkpoint"
 
 
 def _check_space_everywhere(directory: str, needed: int) -> None:
-    """`disk.check_space` decided by process 0 for every process (they share the file system),
+    """`disk.has_space`, decided by process 0 for every process (they share the file system),
     so all of them stop together rather than the others waiting in orbax for a save that never
     comes."""
     short = jax.process_index() == 0 and not disk.has_space(directory, needed)
