@@ -76,18 +76,12 @@ def prepare_digits(data_dir: str | os.PathLike | None = None):
 
 
 def _not_prepared_message(name: str, data_dir: str) -> str:
-    return (
-        f"TFDS data set {name!r} is not prepared in data_dir={data_dir!r} (unigen never "
-        f"downloads at run time). Prepare it once, in array_record format, e.g.\n"
-        f"  tfds build {name} --data_dir={data_dir} --file_format=array_record\n"
-        f"or in Python:\n"
-        f"  import tensorflow_datasets as tfds\n"
-        f"  tfds.builder({name!r}, data_dir={data_dir!r}, file_format='array_record')"
-        f".download_and_prepare()\n"
-        f"(building most TFDS image sets needs TensorFlow installed at build time; reading "
-        f"does not. imagenet2012 also needs its tar files in {data_dir}/downloads/manual.) "
-        f"Or pass data_dir= / set TFDS_DATA_DIR to where it was prepared."
-    )
+    # One line, as every expected failure of the command lines is (README, "Reliability").
+    return (f"TFDS data set {name!r} is not prepared in data_dir={data_dir!r} (unigen never downloads at run time): "
+            f"prepare it once with `tfds build {name} --data_dir={data_dir} --file_format=array_record` (or "
+            f"tfds.builder({name!r}, data_dir=..., file_format='array_record').download_and_prepare(); building "
+            f"most image sets needs TensorFlow, reading does not; imagenet2012 also needs its tar files in "
+            f"{data_dir}/downloads/manual), or point data_dir / TFDS_DATA_DIR at where it was prepared")
 
 
 def load_builder(name: str, data_dir: str | os.PathLike | None = None):
