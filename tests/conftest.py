@@ -83,31 +83,78 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 EVERY_TEST = "every test"
-# The end-to-end tests, by file: each runs whole jobs as subprocesses, notebook kernels, a run
-# killed with SIGKILL and resumed, or several processes. The fast tier (`pytest -m "not e2e" -n 2`)
-# leaves them out; CI (the README's test command) runs every test. A name covers every
-# parametrization of that test function.
+# The end-to-end tests, by file: each runs whole jobs (train, evaluate, sample) as subprocesses or,
+# a few, in-process, notebook kernels, a run killed with SIGKILL and resumed, or several
+# processes. The fast tier (`pytest -m "not e2e" -n 2`) leaves them out; CI (the README's test
+# command) runs every test. A name covers every parametrization of that test function.
 E2E_TESTS = {
     "test_readme.py": ("test_page_commands_run_in_quick_mode",),  # every command of the pages, as subprocesses
     "test_notebook.py": EVERY_TEST,                                # notebook kernels that train and sample
     "test_multiprocess.py": EVERY_TEST,                            # two JAX processes on one mesh
+    "test_fingerprints.py": ("test_quick_mode_fingerprint",),      # each config's quick job, infer/sample.py
     "test_training.py": ("test_resume_after_sigkill_is_bitwise_identical",  # SIGKILL, resume: train.py processes
                          "test_cli_trains_fsdp_on_eight_fake_devices"),     # train.py on 8 fake devices
+    "test_reliability.py": ("test_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes",  # train.py,
+                            "test_expected_failures_print_one_error_line",                        # sample.py,
+                            "test_finished_run_is_not_retrained_and_protocol_reproduces_eval"),   # evaluate.py
+    "test_reliability_workdir.py": ("test_a_second_training_is_refused_at_once_and_a_killed_one_leaves_no_lock",
+                                    "test_a_full_disk_is_one_line_and_the_run_resumes",
+                                    "test_a_failed_first_run_leaves_no_work_dir_to_trap_the_rerun",
+                                    "test_sampling_falls_back_from_a_damaged_checkpoint_and_changes_nothing",
+                                    "test_damaged_frozen_parts_are_rebuilt_by_sampler_and_trainer"),  # same
+    "test_plugins.py": ("test_outside_kind_and_task_train_resume_and_sample",   # train.py, resume, sample.py
+                        "test_outside_objective_sampler_and_sample_request"),
+    "test_unidiffuser.py": ("test_modes_through_the_sampler_and_infer_cli",),  # sample.py, each mode
+    "test_unreadable_files.py": ("test_damaged_work_dir_config_as_subprocesses",),  # train.py, sample.py
+    "test_cli_inputs.py": ("test_real_entry_points",),             # the scripts and console entry points
+    "test_dit_pipeline.py": ("test_cli_writes_grid_images_and_npz",),  # the DiT pipeline's CLI
+    # whole quick jobs in-process: a config trained, evaluated and sampled
+    "test_lzn.py": ("test_generation_task_trains_samples_and_evaluates",
+                    "test_classification_task_classifies_and_generates_each_class",
+                    "test_representation_task_trains_on_two_views_and_probes"),
+    "test_text_to_image.py": ("test_mmdit_digits_quick_job_samples_prompts_and_protocol",),
+    "test_vavae.py": ("test_tokenizer_then_latent_diffusion_on_digits_quick",),  # tokenizer, then LightningDiT
 }
 
-# The tests that take longest, longest first: files, or file::test for the tests of SPREAD_FILES
-# (their seconds on 2 busy cores, from `--durations=0`). They start first, so the workers of
-# `pytest -n 2` end at about the same time, instead of one running a long test alone at the end.
-SLOWEST_FIRST = ("test_readme.py", "test_notebook.py", "test_training.py", "test_unidiffuser.py", "test_lzn.py",
-                 "test_fingerprints.py", "test_reliability.py", "test_vavae.py", "test_rae.py", "test_parallel.py",
-                 "test_plugins.py", "test_released_encoders.py", "test_dit_pipeline.py", "test_released_networks.py")
+# The work units of `pytest -n 2` that take longest, longest first: files, and the tests of
+# SPREAD_FILES as file::test (from `--durations=0` of each file on 2 cores shared with other work:
+# 820 s for test_training.py, 490 for the latent-diffusion page, down to ~50). They start first,
+# so the workers end at about the same time instead of one running a long unit alone at the end;
+# the units not named follow in collection order.
+SLOWEST_FIRST = (
+    "test_training.py", "test_unidiffuser.py",
+    "test_readme.py::test_page_commands_run_in_quick_mode[docs/latent_diffusion.md]",
+    "test_lzn.py", "test_fingerprints.py",
+    "test_notebook.py::test_latent_zoning_notebook_runs",
+    "test_reliability.py",
+    "test_notebook.py::test_unidiffuser_notebook_runs",
+    "test_readme.py::test_page_commands_run_in_quick_mode[docs/lzn.md]",
+    "test_notebook.py::test_latent_diffusion_notebook_runs",
+    "test_reliability_workdir.py",
+    "test_readme.py::test_page_commands_run_in_quick_mode[docs/rae.md]",
+    "test_notebook.py::test_rae_notebook_runs",
+    "test_readme.py::test_page_commands_run_in_quick_mode[docs/unidiffuser.md]",
+    "test_notebook.py::test_text_to_image_notebook_runs",
+    "test_plugins.py",
+    "test_readme.py::test_page_commands_run_in_quick_mode[docs/text_to_image.md]",
+    "test_readme.py::test_page_commands_run_in_quick_mode[docs/multi_gpu.md]",
+    "test_notebook.py::test_quickstart_notebook_runs",
+    "test_lzn_flow.py", "test_multiprocess.py", "test_dit_pipeline.py", "test_vavae.py", "test_parallel.py",
+    "test_rae.py", "test_text_to_image.py",
+    "test_readme.py::test_page_commands_run_in_quick_mode[docs/dit_digits.md]",
+    "test_readme.py::test_readme_library_snippet_runs",
+    "test_released_encoders.py", "test_cli_inputs.py",
+)
 
 
-def _check_e2e_names(config):
+def _check_e2e_names():
     """A UsageError for a name in E2E_TESTS that its file no longer defines (a renamed test would
     silently join the fast tier)."""
     for file, names in E2E_TESTS.items():
-        with open(os.path.join(config.rootpath, "tests", file)) as f:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), file)
+        if not os.path.exists(path):
+            raise pytest.UsageError(f"tests/conftest.py E2E_TESTS names tests/{file}, which does not exist")
+        with open(path) as f:
             source = f.read()
         gone = [n for n in ([] if names == EVERY_TEST else names) if f"def {n}(" not in source]
         if gone:
@@ -124,7 +171,7 @@ def _rank(item, rank):
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks added here
 def pytest_collection_modifyitems(session, config, items):
-    _check_e2e_names(config)
+    _check_e2e_names()
     for item in items:
         names = E2E_TESTS.get(item.path.name, ())
         if names == EVERY_TEST or item.originalname in names:
