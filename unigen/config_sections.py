@@ -66,13 +66,13 @@ def read_section(cls, cfg, **defaults):
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ConfigError(f"config.{cls.section}.{unknown[0]}: unknown option; known: {sorted(known)}")
-    return cls(**{**defaults, **{k: _tuples(v) for k, v in given.items()}})
+    return cls(**{**defaults, **{k: as_tuples(v) for k, v in given.items()}})
 
 
-def _tuples(v):
-    if hasattr(v, "items"):
-        return v  # a dict-valued option converts itself (e.g. sorted item pairs)
-    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+def as_tuples(v):
+    """`v` with every list (nested too) a tuple, as a frozen config needs after a JSON round trip; a
+    dict-valued option is left to convert itself (e.g. to sorted item pairs)."""
+    return tuple(as_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 def section_schema(name: str) -> type | None:

@@ -29,9 +29,10 @@ import dataclasses
 
 from flax import nnx
 
+from unigen.config_sections import as_tuples
 from unigen.lzn.encoder import ImageEncoder, ImageEncoderConfig, LabelAnchors
 from unigen.models.dit import DiT, DiTConfig, dit_config
-from unigen.models.registry import Condition, InputSpec, ModelKind, _tuples, register_model
+from unigen.models.registry import Condition, InputSpec, ModelKind, register_model
 from unigen.nn.checks import is_positive_int
 
 RUNTIME_FIELDS = ("dtype", "attention_backend", "scan_layers", "remat")
@@ -48,7 +49,7 @@ def _sub_config(cls, value, field):
     unknown = sorted(set(value) - known)
     if unknown:
         raise ValueError(f"LZNConfig.{field}: unknown {cls.__name__} fields {unknown}")
-    return cls(**{k: _tuples(v) for k, v in value.items()})
+    return cls(**{k: as_tuples(v) for k, v in value.items()})
 
 
 @dataclasses.dataclass(frozen=True)

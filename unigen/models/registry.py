@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from unigen.config_sections import declare_fields
+from unigen.config_sections import as_tuples, declare_fields
 from unigen.data.shapes import model_input_shape
 from unigen.registry import Registry
 
@@ -81,11 +81,7 @@ class ModelKind:
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"model kind {self.name!r}: unknown config fields {unknown}; known: {sorted(known)}")
-        return self.config(**{k: _tuples(v) for k, v in fields.items()})
-
-
-def _tuples(v):
-    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+        return self.config(**{k: as_tuples(v) for k, v in fields.items()})
 
 
 _KINDS: Registry[ModelKind] = Registry("model kind")

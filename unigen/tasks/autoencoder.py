@@ -40,6 +40,7 @@ from unigen.errors import ConfigError
 from unigen.config_sections import config_section, read_section
 from unigen.tasks.arrays import in_batches, split_arrays
 from unigen.tasks.base import Task, register_task
+from unigen.tasks.frozen import representation_encoder
 from unigen.tokenizers.vf_loss import COS_MARGIN, DISTMAT_MARGIN, adaptive_weight, vf_losses
 
 
@@ -67,10 +68,7 @@ class AutoencoderOptions:
 
 def load_foundation(path: str):
     """The frozen encoder at `path`: a module with `tokens(x)` (an LZN work dir: its encoder)."""
-    from unigen.tasks.frozen import load_frozen
-    model = load_frozen(path, "vavae.foundation")
-    if not hasattr(model, "tokens") and hasattr(model, "component"):
-        model = model.component("encoder")
+    model = representation_encoder(path, "vavae.foundation")
     if not hasattr(model, "tokens"):
         raise ConfigError(f"config.vavae.foundation={path!r}: a {type(model).__name__} has no tokens(x); give an "
                           f"image encoder (an LZN work dir, or DINOv2)")
