@@ -11,6 +11,9 @@ The convention is EVA-02's `VisionRotaryEmbeddingFast`, which LightningDiT uses 
   * positions are arange(n) / n * pt_seq_len (EVA's `ft_seq_len`/`pt_seq_len` rescaling for
     a grid of n tokens trained at pt_seq_len). LightningDiT passes pt_seq_len = n, so the
     positions are the integers 0 .. n-1 (the default here, pt_seq_len=None).
+
+`rope_axes_angles` gives the angles for explicit per-token position ids over any number of
+axes (Flux's (id, row, column) triples); `apply_rope` applies both kinds.
 """
 
 from __future__ import annotations
@@ -49,3 +52,29 @@ def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
     x0, x1 = xf[..., 0], xf[..., 1]
     out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
     return out.reshape(x.shape).astype(x.dtype)
+
+
+# ---- multi-axis RoPE over explicit position ids (Flux) ---------------------------------------------
+def rope_axes_angles(ids, axes_dims, *, theta: float = 10000.0) -> jax.Array:
+    """(L, sum(axes_dims) / 2) rotation angles for L tokens whose positions are given per axis.
+
+    `ids` is (L, n_axes): one position per token and axis (Flux: (0, row, col) for image tokens,
+    zeros for text tokens), int or float, concrete or traced. Axis i owns the next axes_dims[i]
+    channels of each head, i.e. axes_dims[i] / 2 adjacent pairs (x[2j], x[2j+1]) that `apply_rope`
+    turns by angle_j; within axis i pair k turns with frequency theta^(-2k / axes_dims[i]).
+    This is diffusers' FluxPosEmbed: get_1d_rotary_pos_embed per axis with use_real=True and
+    repeat_interleave_real=True (every frequency drives two neighbouring channels), concatenated
+    over the axes, and its apply_rotary_emb with use_real_unbind_dim=-1 (the pairing above).
+    The frequencies are computed in float64 (as diffusers does) and rounded once to float32; the
+    product with the positions is float32."""
+    axes_dims = tuple(int(d) for d in axes_dims)
+    if any(d <= 0 or d % 2 for d in axes_dims):
+        raise ValueError(f"multi-axis RoPE needs positive even axes_dims, got {axes_dims}")
+    ids = jnp.asarray(ids)
+    if ids.ndim != 2 or ids.shape[1] != len(axes_dims):
+        raise ValueError(f"position ids must be (L, {len(axes_dims)}) for axes_dims={axes_dims}; got {ids.shape}")
+    parts = []
+    for axis, dim in enumerate(axes_dims):
+        inv = (1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)).astype(np.float32)
+        parts.append(ids[:, axis].astype(jnp.float32)[:, None] * jnp.asarray(inv)[None])
+    return jnp.concatenate(parts, axis=1)
