@@ -227,6 +227,11 @@ def test_images_match_diffusers(pipelines, ours, name):
         assert pipe.traces == 1 and np.abs(other - got).max() > 1e-6
         want_other = reference_images(ref_pipe, packed, **{**call, "guidance_scale": 1.0})
         assert np.abs(other - want_other).max() <= 1e-4
+        # a custom sigma grid (diffusers' `sigmas=`), shifted as the default one: same shapes, no new trace
+        sigmas = [1.0, 0.55, 0.2]
+        custom = pipe(**call, latents=packed, sigmas=sigmas, output_type="np")
+        assert pipe.traces == 1
+        assert np.abs(custom - reference_images(ref_pipe, packed, **call, sigmas=sigmas)).max() <= 1e-4
 
 
 def test_seed_rounding_and_pil(ours):
