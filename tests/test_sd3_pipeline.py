@@ -279,6 +279,14 @@ def test_images_match_diffusers(folders, ours, ours_no_t5, with_t5):
                         output_type="np", max_sequence_length=MSL)
     assert _sample._cache_size() == compiled
     assert np.abs(other - got).max() > 100 * ATOL_IMAGES
+    # precomputed embeddings (diffusers' prompt_embeds & co.) give the same images
+    embeds = unigen_pipe.encode_prompt(IMAGE_KW["prompt"], negative_prompt=IMAGE_KW["negative_prompt"],
+                                       max_sequence_length=MSL)
+    kw = {k: v for k, v in IMAGE_KW.items() if k not in ("prompt", "negative_prompt")}
+    again = unigen_pipe(**kw, prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1],
+                        pooled_prompt_embeds=embeds[2], negative_pooled_prompt_embeds=embeds[3],
+                        latents=noise.transpose(0, 2, 3, 1), output_type="np", max_sequence_length=MSL)
+    np.testing.assert_array_equal(again, got)
 
 
 def test_seed_pil_and_latent_outputs(ours):
@@ -317,6 +325,19 @@ def test_bad_inputs_are_clear(ours):
         ours.encode_prompt("a cat", clip_skip=5, max_sequence_length=MSL)
     with pytest.raises(ConfigError, match="num_inference_steps=0"):
         ours(**{**kw, "num_inference_steps": 0})
+    embeds, _, pooled, _ = ours.encode_prompt("a cat", do_classifier_free_guidance=False, max_sequence_length=MSL)
+    with pytest.raises(ConfigError, match="pass prompt or prompt_embeds, not both"):
+        ours.encode_prompt("a cat", prompt_embeds=embeds, pooled_prompt_embeds=pooled)
+    with pytest.raises(ConfigError, match="prompt_embeds needs pooled_prompt_embeds"):
+        ours.encode_prompt(prompt_embeds=embeds)
+    with pytest.raises(ConfigError, match="give prompt"):
+        ours.encode_prompt()
+    with pytest.raises(ConfigError, match=r"prompt_embeds of shape \(1, 89, 95\)"):
+        ours.encode_prompt(prompt_embeds=embeds[..., :95], pooled_prompt_embeds=pooled)
+    with pytest.raises(ConfigError, match="negative_prompt_embeds needs negative_pooled_prompt_embeds"):
+        ours.encode_prompt(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=embeds)
+    with pytest.raises(ConfigError, match="num_images_per_prompt=2 with prompt_embeds"):
+        ours.encode_prompt(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_images_per_prompt=2)
 
 
 def _edited_copy(src, dst, edit_index=None, remove=None):

@@ -193,21 +193,42 @@ class StableDiffusion3Pipeline:
         return (jnp.concatenate([clip, t5.astype(jnp.float32)], axis=-2),
                 jnp.concatenate([pooled_1, pooled_2], axis=-1).astype(jnp.float32))
 
-    def encode_prompt(self, prompt, prompt_2=None, prompt_3=None, negative_prompt=None, negative_prompt_2=None,
+    def encode_prompt(self, prompt=None, prompt_2=None, prompt_3=None, negative_prompt=None, negative_prompt_2=None,
                       negative_prompt_3=None, *, num_images_per_prompt: int = 1,
                       do_classifier_free_guidance: bool = True, clip_skip: int | None = None,
-                      max_sequence_length: int = 256):
+                      max_sequence_length: int = 256, prompt_embeds=None, negative_prompt_embeds=None,
+                      pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None):
         """(prompt_embeds (N, 77 + max_sequence_length, joint_attention_dim), negative_prompt_embeds
         or None, pooled_prompt_embeds (N, pooled_projection_dim), negative_pooled_prompt_embeds or
         None), N = len(prompts) * num_images_per_prompt, float32 jax arrays, as diffusers'
         `encode_prompt` builds them (see the module docstring). The negatives are None without
-        `do_classifier_free_guidance`."""
-        prompts = as_prompts(prompt)
-        b = len(prompts)
+        `do_classifier_free_guidance`.
+
+        Precomputed `prompt_embeds` + `pooled_prompt_embeds` (instead of prompt) and
+        `negative_prompt_embeds` + `negative_pooled_prompt_embeds` (instead of negative_prompt)
+        are used as given (checked; N = their rows, num_images_per_prompt must then be 1: repeat
+        the rows yourself); a missing negative is encoded from the negative prompts."""
         n = _positive_int(num_images_per_prompt, "num_images_per_prompt")
         msl = _positive_int(max_sequence_length, "max_sequence_length")
         if msl > MAX_SEQUENCE_LENGTH:
             raise ConfigError(f"max_sequence_length={msl}: at most {MAX_SEQUENCE_LENGTH} (diffusers' limit)")
+        if prompt_embeds is not None:
+            given = [name for name, v in (("prompt", prompt), ("prompt_2", prompt_2), ("prompt_3", prompt_3))
+                     if v is not None]
+            if given:
+                raise ConfigError(f"pass {given[0]} or prompt_embeds, not both")
+            if n != 1:
+                raise ConfigError(f"num_images_per_prompt={n} with prompt_embeds: the embeddings are used as given; "
+                                  f"repeat their rows instead (np.repeat(embeds, {n}, axis=0))")
+            embeds, pooled = self._given(prompt_embeds, pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
+            b = embeds.shape[0]
+        elif prompt is None:
+            raise ConfigError("give prompt (a string or a list of strings) or prompt_embeds with pooled_prompt_embeds")
+        else:
+            if pooled_prompt_embeds is not None:
+                raise ConfigError("pooled_prompt_embeds goes with prompt_embeds: pass both, or prompt alone")
+            prompts = as_prompts(prompt)
+            b = len(prompts)
 
         def same_batch(p, what):
             out = as_prompts(p, what)
@@ -215,12 +236,27 @@ class StableDiffusion3Pipeline:
                 raise ConfigError(f"{what} has {len(out)} prompt(s) but prompt has {b}: give one per prompt")
             return out
 
-        # diffusers: `prompt_2 or prompt`, so an empty string falls back too
-        prompts_2 = same_batch(prompt_2 or prompts, "prompt_2")
-        prompts_3 = same_batch(prompt_3 or prompts, "prompt_3")
-        embeds, pooled = self._embed(prompts, prompts_2, prompts_3, n, clip_skip, msl)
+        if prompt_embeds is None:
+            # diffusers: `prompt_2 or prompt`, so an empty string falls back too
+            prompts_2 = same_batch(prompt_2 or prompts, "prompt_2")
+            prompts_3 = same_batch(prompt_3 or prompts, "prompt_3")
+            embeds, pooled = self._embed(prompts, prompts_2, prompts_3, n, clip_skip, msl)
         if not do_classifier_free_guidance:
             return embeds, None, pooled, None
+        if negative_prompt_embeds is not None:
+            given = [name for name, v in (("negative_prompt", negative_prompt),
+                                          ("negative_prompt_2", negative_prompt_2),
+                                          ("negative_prompt_3", negative_prompt_3)) if v is not None]
+            if given:
+                raise ConfigError(f"pass {given[0]} or negative_prompt_embeds, not both")
+            neg_embeds, neg_pooled = self._given(negative_prompt_embeds, negative_pooled_prompt_embeds,
+                                                 "negative_prompt_embeds", "negative_pooled_prompt_embeds")
+            if neg_embeds.shape != embeds.shape or neg_pooled.shape != pooled.shape:
+                raise ConfigError(f"negative_prompt_embeds {neg_embeds.shape} / negative_pooled_prompt_embeds "
+                                  f"{neg_pooled.shape} must have the prompt's shapes {embeds.shape} / {pooled.shape}")
+            return embeds, neg_embeds, pooled, neg_pooled
+        if negative_pooled_prompt_embeds is not None:
+            raise ConfigError("negative_pooled_prompt_embeds goes with negative_prompt_embeds: pass both")
         # diffusers: "" by default, _2 / _3 fall back to it, a string is used for every prompt
         negative = negative_prompt or ""
         negative_2, negative_3 = negative_prompt_2 or negative, negative_prompt_3 or negative
@@ -228,7 +264,24 @@ class StableDiffusion3Pipeline:
                 ((negative, "negative_prompt"), (negative_2, "negative_prompt_2"), (negative_3, "negative_prompt_3"))]
         # diffusers encodes the negatives with clip_skip=None whatever the call's clip_skip
         neg_embeds, neg_pooled = self._embed(*negs, n, None, msl)
+        if neg_embeds.shape != embeds.shape:
+            raise ConfigError(f"the negative prompts give embeddings {neg_embeds.shape}, the given prompt_embeds are "
+                              f"{embeds.shape}: encode both with the same max_sequence_length")
         return embeds, neg_embeds, pooled, neg_pooled
+
+    def _given(self, embeds, pooled, name, pooled_name):
+        """Precomputed (embeds, pooled) as float32 arrays, checked against the transformer's widths."""
+        if pooled is None:
+            raise ConfigError(f"{name} needs {pooled_name} too (diffusers' rule): pass the pooled vectors "
+                              f"encode_prompt returned with them")
+        c = self.transformer.cfg
+        embeds, pooled = jnp.asarray(embeds, jnp.float32), jnp.asarray(pooled, jnp.float32)
+        if embeds.ndim != 3 or embeds.shape[-1] != c.joint_attention_dim:
+            raise ConfigError(f"{name} of shape {embeds.shape}: expected (N, tokens, {c.joint_attention_dim})")
+        if pooled.shape != (embeds.shape[0], c.pooled_projection_dim):
+            raise ConfigError(f"{pooled_name} of shape {pooled.shape}: expected ({embeds.shape[0]}, "
+                              f"{c.pooled_projection_dim})")
+        return embeds, pooled
 
     # ---- sampling -----------------------------------------------------------------------------
     def check_size(self, height: int, width: int) -> tuple[int, int]:
@@ -240,16 +293,18 @@ class StableDiffusion3Pipeline:
                                   f"{self.vae_scale_factor} x the transformer's patch {self.patch_size})")
         return int(height), int(width)
 
-    def __call__(self, prompt, prompt_2=None, prompt_3=None, height: int | None = None, width: int | None = None,
+    def __call__(self, prompt=None, prompt_2=None, prompt_3=None, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 28, guidance_scale: float = 7.0, negative_prompt=None,
                  negative_prompt_2=None, negative_prompt_3=None, num_images_per_prompt: int = 1,
                  seed: int | None = None, latents=None, output_type: str = "pil", clip_skip: int | None = None,
-                 max_sequence_length: int = 256, mu: float | None = None):
+                 max_sequence_length: int = 256, mu: float | None = None, prompt_embeds=None,
+                 negative_prompt_embeds=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None):
         """Images for `prompt` (a string or a list), diffusers' defaults: 28 steps, guidance 7.0,
         height / width the transformer's sample_size x the VAE factor (1024 for SD3). `latents`:
         the initial noise (N, h, w, C) NHWC, N = prompts x num_images_per_prompt; else drawn from
         `seed` (None: 0). `mu`: the dynamic shift, for schedulers with use_dynamic_shifting
-        (otherwise computed from the image size as diffusers does)."""
+        (otherwise computed from the image size as diffusers does). `prompt_embeds` & co.:
+        precomputed embeddings instead of the prompts (see `encode_prompt`)."""
         default = self.default_sample_size * self.vae_scale_factor
         height, width = self.check_size(default if height is None else height, default if width is None else width)
         check_output_type(output_type)
@@ -261,12 +316,14 @@ class StableDiffusion3Pipeline:
         embeds, neg_embeds, pooled, neg_pooled = self.encode_prompt(
             prompt, prompt_2, prompt_3, negative_prompt, negative_prompt_2, negative_prompt_3,
             num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=guided, clip_skip=clip_skip,
-            max_sequence_length=max_sequence_length)
+            max_sequence_length=max_sequence_length, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds)
+        n = embeds.shape[0]
         if guided:
             embeds, pooled = jnp.concatenate([neg_embeds, embeds]), jnp.concatenate([neg_pooled, pooled])
         c = self.transformer.cfg
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        n = len(as_prompts(prompt)) * num_images_per_prompt
         x = initial_latents((n, h, w, c.in_channels), seed, latents)
         sigmas, timesteps = self.scheduler.schedule(
             num_inference_steps, image_seq_len=(h // self.patch_size) * (w // self.patch_size), mu=mu)
