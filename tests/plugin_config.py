@@ -21,7 +21,7 @@ def get_config():
                    frozen=(), cpu_custom_vjps=True, async_checkpointing=True, log_every=1, checkpoint_every=3, keep_checkpoints=2,
                    sample_every=6)
     c.sample = dict(sampler="euler", steps=3, cfg_scale=1.5, guided_channels=-1, eta=0.0, clip_denoised=False,
-                    per_class=2)
+                    per_class=2, final_euler=False)  # final_euler: the midpoint sampler's option (plugin_x0flow.py)
     c.eval = dict(at_end=False, num_samples=100, seeds=1, batch_size=100)
     c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="dp")
     return c

@@ -55,13 +55,29 @@ class X0Flow:
         return (z - output) / s  # eps - x0 with eps = (z - (1 - s) x0) / s; never called at sigma = 0
 
 
-def x0_flow_from_config(dcfg, *, learn_sigma, input_shape=None):
+@dataclasses.dataclass(frozen=True)
+class X0FlowOptions:
+    """The objective's own fields of config.diffusion (time_scale is also the built-in flow's)."""
+    time_scale: float = 1000.0
+
+    def validate(self):
+        if not self.time_scale > 0:
+            raise ValueError(f"time_scale={self.time_scale!r}: must be > 0")
+
+
+def x0_flow_from_options(opts: X0FlowOptions, *, learn_sigma, input_shape=None):
     if learn_sigma:
         raise ValueError("config.model.learn_sigma=True: an x0-prediction flow predicts the data: set False")
-    return X0Flow(float(dcfg.get("time_scale", 1000.0)))
+    return X0Flow(float(opts.time_scale))
 
 
-def midpoint(process, model_fn, shape, rng, *, steps=10, cond=None, noise=None, progress=False):
+@dataclasses.dataclass(frozen=True)
+class MidpointOptions:
+    """The sampler's own field of config.sample (and its infer/sample.py flag --final-euler)."""
+    final_euler: bool = False  # the last step (to sigma = 0) as one Euler step: one model call fewer
+
+
+def midpoint(process, model_fn, shape, rng, *, steps=10, final_euler=False, cond=None, noise=None, progress=False):
     """z(sigma_next) = z + h v(z + h/2 v(z, sigma), sigma + h/2) over the process's grid; one
     noise draw per sample from its own key (rng holds one key per sample under the Generator)."""
     cond = cond or {}
@@ -78,9 +94,14 @@ def midpoint(process, model_fn, shape, rng, *, steps=10, cond=None, noise=None, 
         half = z + 0.5 * h * velocity(z, s)
         return z + h * velocity(half, s + 0.5 * h), None
 
-    z, _ = jax.lax.scan(step, z, jnp.stack([grid[:-1], grid[1:]], axis=1))
+    last = grid.shape[0] - 2 if final_euler else grid.shape[0] - 1  # the midpoint steps
+    z, _ = jax.lax.scan(step, z, jnp.stack([grid[:last], grid[1:last + 1]], axis=1))
+    if final_euler:
+        z = z + (grid[-1] - grid[-2]) * velocity(z, grid[-2])
     return z
 
 
-register_objective("x0_flow", x0_flow_from_config, help="rectified-flow path, the network predicts x0")
-register_sampler("midpoint", midpoint, needs=(FlowODE,), options=("steps",), help="explicit midpoint on the flow ODE")
+register_objective("x0_flow", x0_flow_from_options, options=X0FlowOptions,
+                   help="rectified-flow path, the network predicts x0")
+register_sampler("midpoint", midpoint, needs=(FlowODE,), options=MidpointOptions,
+                 help="explicit midpoint on the flow ODE")

@@ -302,7 +302,7 @@ def test_flow_options_and_errors():
     with pytest.raises(ValueError, match="config.diffusion.timestep_shift=0.3 and sample_shift=2.0"):
         diffusion_process(d, learn_sigma=False)
     d.sample_shift, d.time_convention = None, "t"
-    with pytest.raises(ValueError, match="config.diffusion: time_convention='t'"):
+    with pytest.raises(ValueError, match="config.diffusion.time_convention='t'"):
         diffusion_process(d, learn_sigma=False)
     d.time_convention, d.timestep_shift = "sigma", -1.0
     with pytest.raises(ValueError, match="config.diffusion.timestep_shift=-1.0"):

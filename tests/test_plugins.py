@@ -2,12 +2,14 @@
 all defined outside unigen/ and named by the config's `imports`, train, checkpoint, resume and sample
 through train/train.py and infer/sample.py; the task's own sample request becomes sample.py's flags."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "tests", "plugin_config.py")
@@ -84,9 +86,20 @@ def test_outside_objective_sampler_and_sample_request(tmp_path):
     assert "grid, midpoint 3 steps" in grid.stdout
     euler = _sample(workdir, tmp_path / "euler.npz", "--sampler", "euler", "--steps", "4", "--classes", "5")
     assert "euler 4 steps" in euler.stdout
-    for name in ("mid", "euler"):
+    # The sampler's own option (its registered schema) is a flag of the sampler in use, listed by --help.
+    final = _sample(workdir, tmp_path / "final.npz", "--per-class", "2", "--classes", "3,7", "--final-euler", "true")
+    assert "midpoint 3 steps" in final.stdout
+    for name in ("mid", "euler", "final"):
         images = np.load(tmp_path / f"{name}.npz")["images"]
         assert np.isfinite(images).all() and images.std() > 0
+    mid, final = np.load(tmp_path / "mid.npz")["images"], np.load(tmp_path / "final.npz")["images"]
+    assert mid.shape == final.shape and not np.array_equal(mid, final)
+    helped = _run(os.path.join(ROOT, "infer", "sample.py"), "--workdir", str(workdir), "--help").stdout
+    assert "--final-euler" in helped and "--eta" not in helped  # DDIM's eta is not midpoint's
+    assert "--eta" in _run(os.path.join(ROOT, "infer", "sample.py"), "--workdir", str(workdir), "--sampler", "ddim",
+                           "--help").stdout
+    wrong = _sample(workdir, tmp_path / "w.npz", "--final-euler", "maybe", code=2)
+    assert "'maybe': give true or false" in wrong.stderr
     # ... but not a sampler whose needs it does not meet: one line naming what is missing and what fits.
     refused = _sample(workdir, tmp_path / "ddpm.npz", "--sampler", "ddpm", code=2)
     assert "needs ['GaussianDiffusion']" in refused.stderr and "'midpoint'" in refused.stderr
@@ -99,6 +112,51 @@ def test_outside_objective_sampler_and_sample_request(tmp_path):
     np.testing.assert_allclose(data["vec"][:, [3, 7]], [[0.25, 0.75]] * 3)
     bad = _sample(workdir, tmp_path / "bad.npz", "--mode", "grid", "--weight", "0.5", code=2)
     assert "--weight is an argument of --mode mix, not of --mode grid" in bad.stderr
+
+
+def test_objective_and_sampler_fields_are_typed_by_their_schemas(tmp_path):
+    # Each objective (sampler) reads its own fields of config.diffusion (config.sample); a field no registered
+    # one declares is refused by name before anything is built, a bad value by the schema's own check.
+    import plugin_x0flow  # noqa: F401
+    import ml_collections
+
+    from unigen.diffusion.registry import objective_options, sampler_options
+    from unigen.errors import ConfigError
+    mixed = ml_collections.ConfigDict(dict(kind="x0_flow", time_scale=10.0, num_timesteps=1000, shift=1.0))
+    assert objective_options(mixed) == plugin_x0flow.X0FlowOptions(time_scale=10.0)  # the others' fields ignored
+    mixed.time_scael = 3.0
+    with pytest.raises(ConfigError, match=r"config.diffusion.time_scael: no registered objective reads this field; "
+                                          r"did you mean 'time_scale'\?"):
+        objective_options(mixed)
+    with pytest.raises(ConfigError, match=r"config.diffusion.time_scale=-1.0: must be > 0"):
+        objective_options(ml_collections.ConfigDict(dict(kind="x0_flow", time_scale=-1.0)))
+    sample = dict(sampler="midpoint", steps=3, final_euler=True, eta=0.5)
+    assert sampler_options(sample) == plugin_x0flow.MidpointOptions(final_euler=True)
+    assert sampler_options(sample, "ddim").eta == 0.5
+    with pytest.raises(ConfigError, match=r"config.sample.eta=-1: use a number >= 0"):
+        sampler_options(dict(sampler="ddim", eta=-1))
+    with pytest.raises(ConfigError, match=r"config.sample.final_eular: no registered sampler"):
+        sampler_options(dict(sampler="midpoint", final_eular=True))
+    # The trainer refuses a field misspelt in a config file in one line, before it writes the work dir.
+    config = tmp_path / "misspelt.py"
+    config.write_text("import importlib.util\n"
+                      f"spec = importlib.util.spec_from_file_location('base', {CONFIG!r})\n"
+                      "base = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(base)\n\n\n"
+                      "def get_config():\n    c = base.get_config()\n    c.diffusion.time_scael = 3.0\n    return c\n")
+    bad = _run(os.path.join(ROOT, "train", "train.py"), "--config", str(config), "--workdir", str(tmp_path / "w"),
+               code=2)
+    assert "config.diffusion.time_scael: no registered objective reads this field" in bad.stderr
+    assert "Traceback" not in bad.stderr and not os.path.exists(tmp_path / "w" / "config.json")
+    # A schema that is no dataclass, or takes a generator field, is refused when it registers.
+    from unigen.diffusion import register_sampler
+
+    @dataclasses.dataclass(frozen=True)
+    class Clash:
+        steps: int = 3
+    with pytest.raises(ValueError, match=r"\['steps'\] are the generator's own config.sample fields"):
+        register_sampler("clash", plugin_x0flow.midpoint, options=Clash)
+    with pytest.raises(TypeError, match="options must be a dataclass"):
+        register_sampler("clash", plugin_x0flow.midpoint, options=("steps",))
 
 
 def test_registries_derive_which_samplers_fit_from_capabilities():

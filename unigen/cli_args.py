@@ -62,6 +62,14 @@ def finite_float(low: float | None = None):
     return parse
 
 
+def boolean(text: str) -> bool:
+    """An argparse type: true/false (also yes/no, 1/0), as a config's bool field is written."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give true or false")
+    return value
+
+
 def guided_channels(text: str) -> int | str:
     """'dit' (the official DiT's first 3 channels), -1 (all), or a positive channel count; the
     values unigen.sampling.Generator and diffusion.guidance take."""

@@ -50,9 +50,7 @@ def config_section(name: str):
             raise TypeError(f"config_section({name!r}) takes a dataclass, got {cls!r}")
         _SECTIONS[name] = cls
         cls.section = name
-        for f in dataclasses.fields(cls):
-            declare_fields(name, resumable=(f.name,) if f.metadata.get("resumable") else (),
-                           before={f.name: f.metadata["before"]} if "before" in f.metadata else None)
+        declare_schema(name, cls)
         return cls
     return register
 
@@ -67,6 +65,33 @@ def read_section(cls, cfg, **defaults):
     if unknown:
         raise ConfigError(f"config.{cls.section}.{unknown[0]}: unknown option; known: {sorted(known)}")
     return cls(**{**defaults, **{k: as_tuples(v) for k, v in given.items()}})
+
+
+def field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def options_from(cls, given: dict, where: str):
+    """`cls` built from the entries of `given` it declares (the rest are someone else's), lists as
+    tuples, then its `validate()` if it has one. A ValueError or TypeError while building or
+    validating becomes a ConfigError under `where` (e.g. "config.sample"), naming the field."""
+    values = {k: as_tuples(given[k]) for k in field_names(cls) if k in given}
+    try:
+        options = cls(**values)
+        check = getattr(options, "validate", None)
+        return (check() or options) if check is not None else options
+    except (TypeError, ValueError) as e:
+        text = str(e)
+        raise ConfigError(text if text.startswith("config.") else f"{where}.{text}") from None
+
+
+def declare_schema(section: str, cls) -> None:
+    """Declare the resume metadata of `cls`'s fields (`section_field`) as fields of `config.<section>`,
+    for schemas that share a section (the objectives of `config.diffusion`, the samplers of
+    `config.sample`) and so are not the section's one dataclass."""
+    for f in dataclasses.fields(cls):
+        declare_fields(section, resumable=(f.name,) if f.metadata.get("resumable") else (),
+                       before={f.name: f.metadata["before"]} if "before" in f.metadata else None)
 
 
 def as_tuples(v):

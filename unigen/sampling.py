@@ -26,6 +26,7 @@ itself, e.g. one of UniDiffuser's sampling modes over a multi-modal network
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -34,22 +35,27 @@ from flax import nnx
 
 import unigen.parallel as parallel
 from unigen.diffusion import check_objective, classifier_free_guidance
-from unigen.diffusion.registry import check_sampler
+from unigen.config_sections import options_from
+from unigen.diffusion.registry import check_sampler, sampler_options
 
 
 class Generator:
     def __init__(self, graphdef, process, *, sample_shape, sampler: str = "dpm_solver_2m", steps: int = 25,
                  cfg_scale: float = 1.0, null_cond: dict | None = None, guided_channels: int | str | None = None,
-                 guidance_interval: tuple[float, float] | None = None, eta: float = 0.0,
-                 clip_denoised: bool = False, clip: bool = True, mesh=None, rules="dp", prepare=None, apply=None):
+                 guidance_interval: tuple[float, float] | None = None, sampler_options=None, clip: bool = True,
+                 mesh=None, rules="dp", prepare=None, apply=None):
         check_objective(process)
         self.sampler_entry = check_sampler(sampler, process)  # ValueError: unknown, or needs what it lacks
         self.graphdef, self.sample_shape = graphdef, tuple(sample_shape)
         self.process = process.for_sampler(sampler, steps)
-        self.sampler, self.steps, self.eta = sampler, int(steps), float(eta)
-        # Clip each x0 prediction to the data range [-1, 1] (IDDPM's clip_denoised; the
-        # "thresholding" of DPM-Solver++): for pixel data it removes off-range drift.
-        self.clip_denoised, self.clip = bool(clip_denoised), bool(clip)
+        self.sampler, self.steps = sampler, int(steps)
+        # The sampler's own settings (its registered options schema, e.g. DDIM's eta, clip_denoised):
+        # a dict of its fields or an instance of the schema.
+        schema = self.sampler_entry.options
+        self.sampler_options = (sampler_options if isinstance(sampler_options, schema)
+                                else options_from(schema, _own_fields(schema, sampler_options or {}, sampler),
+                                                  "sampler_options"))
+        self.clip = bool(clip)  # the final samples to [-1, 1] (pixel data)
         self.mesh, self.rules = mesh, parallel.get_rules(rules)
         self.prepare = prepare
 
@@ -93,9 +99,10 @@ class Generator:
         default SD3 convention."""
         s = sample_cfg
         options = dict(sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale, guided_channels=s.guided_channels,
-                       eta=s.get("eta", 0.0), clip_denoised=s.get("clip_denoised", False),
                        guidance_interval=_guidance_interval(s.get("guidance_interval")))
         options.update(kwargs)
+        # The chosen sampler's own fields of config.sample (its schema; a field no sampler reads is refused).
+        options.setdefault("sampler_options", sampler_options(s, options["sampler"]))
         null_cond = task.null_cond() if options["cfg_scale"] != 1.0 else None
         options.setdefault("prepare", task.prepare_conditions)
         return cls(graphdef, task.process, sample_shape=task.sample_shape, null_cond=null_cond, clip=task.clip,
@@ -104,10 +111,11 @@ class Generator:
     def _sample_fn(self, batch: int):
         if batch in self._compiled:
             return self._compiled[batch]
-        # The settings this sampler declares it takes (unigen.diffusion.registry); a sampler whose
-        # process was respaced for it (DDPM, DDIM) takes no `steps`.
-        settings = dict(steps=self.steps, eta=self.eta, clip_denoised=self.clip_denoised)
-        options = {name: settings[name] for name in self.sampler_entry.options}
+        # The sampler's own options, and `steps` when it takes them (a sampler whose process was
+        # respaced for it, DDPM or DDIM, takes none: unigen.diffusion.registry).
+        options = dataclasses.asdict(self.sampler_options)
+        if self.sampler_entry.takes_steps:
+            options["steps"] = self.steps
         run, shape = self.sampler_entry.run, (batch, *self.sample_shape)
 
         def sample(states, cond, rng, index):
@@ -176,6 +184,14 @@ class Generator:
             bar.close()
         images = np.concatenate(out)
         return np.clip(images, -1.0, 1.0) if self.clip else images
+
+
+def _own_fields(schema, given: dict, sampler: str) -> dict:
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(schema)})
+    if unknown:
+        raise ValueError(f"sampler_options {unknown}: sampler {sampler!r} takes "
+                         f"{[f.name for f in dataclasses.fields(schema)] or 'no options'}")
+    return dict(given)
 
 
 def _guidance_interval(value):

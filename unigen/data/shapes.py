@@ -3,8 +3,26 @@
 Pure config arithmetic (no imports), so model kinds can size their inputs without loading the
 tokenizer: `data.latent_downsample` and `data.latent_channels` state the tokenizer's shape in
 the config, and the latent task checks them against the tokenizer itself
-(unigen/tasks/latent_space.py).
+(unigen/tasks/latent_space.py). `check_data_section` checks the fields every task's data has
+(the task base calls it; the trainer checks only its own sections).
 """
+
+from unigen.errors import ConfigError
+
+IMAGE_SIZES = (8, 16, 32, 64, 128, 256, 512)
+
+
+def check_data_section(data) -> None:
+    """The shared fields of `config.data`: ConfigError naming the field and the fix."""
+    def need(ok, field, fix):
+        if not ok:
+            raise ConfigError(f"config.data.{field}={data.get(field)!r}: {fix}")
+    need(isinstance(data.get("latent_encoder") or "", str), "latent_encoder",
+         "give a tokenizer path unigen.from_pretrained reads, or '' to train in pixel space")
+    need(data.get("image_size") in IMAGE_SIZES, "image_size", "use a power of two between 8 and 512")
+    need(data.get("channels") in (1, 3, 4), "channels", "use 1 (grey), 3 (RGB) or 4 (latents)")
+    n = data.get("num_classes")
+    need(isinstance(n, int) and not isinstance(n, bool) and n >= 0, "num_classes", "must be >= 0 (0 = unlabelled)")
 
 
 def model_input_shape(data) -> tuple[int, int]:

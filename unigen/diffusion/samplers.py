@@ -26,6 +26,7 @@ Returns the final sample, shape `shape`. All functions are also traceable inside
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -236,12 +237,34 @@ def dpm_solver_2m(process, model_fn, shape, rng, *, steps=20, sigmas=None, cond=
                 bool(clip_denoised), bool(progress), grid, a, b, c)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """`config.sample.clip_denoised`: clip each x0 prediction to the data range [-1, 1] (IDDPM's
+    clip_denoised, DPM-Solver++'s thresholding): for pixel data it removes off-range drift."""
+    clip_denoised: bool = False
+
+    def validate(self):
+        if not isinstance(self.clip_denoised, bool):
+            raise ValueError(f"clip_denoised={self.clip_denoised!r}: use True or False")
+
+
+@dataclasses.dataclass(frozen=True)
+class DDIMOptions(ClipOptions):
+    """DDIM's `config.sample.eta`: 0 is deterministic, 1 the DDPM posterior's variance."""
+    eta: float = 0.0
+
+    def validate(self):
+        super().validate()
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not self.eta >= 0.0:
+            raise ValueError(f"eta={self.eta!r}: use a number >= 0 (0 = deterministic DDIM, 1 = DDPM's variance)")
+
+
 # The built-in samplers, by what they need of a process (unigen.diffusion.registry).
-register_sampler("ddpm", ddpm, needs=(GaussianDiffusion,), options=("clip_denoised",),
+register_sampler("ddpm", ddpm, needs=(GaussianDiffusion,), options=ClipOptions,
                  help="ancestral sampling over a respaced Gaussian chain (IDDPM)")
-register_sampler("ddim", ddim, needs=(GaussianDiffusion,), options=("eta", "clip_denoised"),
+register_sampler("ddim", ddim, needs=(GaussianDiffusion,), options=DDIMOptions,
                  help="DDIM over a respaced Gaussian chain; eta=0 deterministic")
 register_sampler("euler", euler, needs=(FlowODE,), help="Euler on the flow ODE")
 register_sampler("heun", heun, needs=(FlowODE,), help="Heun (2nd order) on the flow ODE")
-register_sampler("dpm_solver_2m", dpm_solver_2m, needs=(DataPrediction,), options=("steps", "clip_denoised"),
+register_sampler("dpm_solver_2m", dpm_solver_2m, needs=(DataPrediction,), options=ClipOptions,
                  help="DPM-Solver++(2M), data prediction")

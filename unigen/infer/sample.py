@@ -79,6 +79,18 @@ def _parse(argv):
     return args
 
 
+def _sampler_arguments(name: str):
+    """The flags of sampler `name`'s own options (its registered schema: DDIM's --eta, --clip-denoised);
+    none for an unknown sampler, which the generator then refuses naming the registered ones."""
+    from unigen.diffusion.registry import get_sampler
+    from unigen.tasks.requests import schema_arguments
+    try:
+        entry = get_sampler(name)
+    except ValueError:
+        return ()
+    return schema_arguments(entry.options, f"{name}'s option")
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     from unigen.training.cli import quiet_third_party_logs
@@ -138,14 +150,21 @@ def _sample(args) -> int:
     if not requests:
         raise ConfigError(f"task {task.name!r} draws no samples (it trains no generative model); its work dir's "
                           f"evaluation is in eval.json")
-    # The task's own flags (--help lists them and exits here); unknown ones are refused.
-    given = vars(_parser(requests, need_out=not args.wants_help).parse_args(args.argv))
+    # The task's own flags and the sampler's own options (--help lists them and exits here); unknown
+    # ones are refused.
+    sampler = args.sampler or cfg.sample.sampler
+    options = _sampler_arguments(sampler)
+    given = vars(_parser(requests, options, need_out=not args.wants_help).parse_args(args.argv))
     request = choose(requests, given["mode"], given)
     if args.workdir:
         model = load_model_for_inference(args.workdir)
     settings = {k: getattr(args, k) for k in ("sampler", "steps", "cfg_scale") if getattr(args, k) is not None}
     if args.guided_channels is not None:
         settings["guided_channels"] = args.guided_channels
+    if options:  # the config's values of the sampler's fields, with the flags given on top
+        from unigen.diffusion.registry import sampler_options
+        section = {**cfg.sample, **{a.dest: given[a.dest] for a in options if given[a.dest] is not None}}
+        settings["sampler_options"] = sampler_options(section, sampler)
     graphdef, state = nnx.split(model)
     try:
         gen = task.generator(cfg.sample, graphdef, **settings)

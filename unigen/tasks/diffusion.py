@@ -25,7 +25,7 @@ import numpy as np
 
 from unigen.data.shapes import model_input_shape
 from unigen.diffusion.objective import split_keys
-from unigen.diffusion.registry import get_objective, objective_names
+from unigen.diffusion.registry import get_objective, objective_names, objective_options
 from unigen.errors import ConfigError
 from unigen.tasks.base import Task, register_task
 from unigen.tasks.requests import CLASS, CLASSES, PER_CLASS, PROTOCOL, Drawn, SampleRequest, given_classes
@@ -36,16 +36,17 @@ DEFAULT_BATCH_KEYS = {"y": "label"}
 
 def diffusion_process(dcfg, learn_sigma: bool, input_shape: tuple[int, ...] | None = None):
     """The objective `config.diffusion` describes: `kind` names a registered objective
-    (unigen.diffusion.registry; "gaussian" and "flow" are built in), whose builder reads the rest of
-    the section. ValueError naming the field if bad. `input_shape` is one model input's shape
+    (unigen.diffusion.registry; "gaussian" and "flow" are built in), built from its typed options.
+    ValueError (a ConfigError) naming the field if bad. `input_shape` is one model input's shape
     (H, W, C), for options that depend on it (the flow's `shift_base_dim`)."""
-    if dcfg.kind not in objective_names():
-        raise ValueError(f"config.diffusion.kind={dcfg.kind!r}: use one of {objective_names()} (an objective "
-                         f"defined outside unigen is registered by a module named in config.imports)")
+    if dcfg.get("kind") not in objective_names():
+        raise ConfigError(f"config.diffusion.kind={dcfg.get('kind')!r}: use one of {objective_names()} (an "
+                          f"objective defined outside unigen is registered by a module named in config.imports)")
+    options = objective_options(dcfg)
     try:
-        return get_objective(dcfg.kind).build(dcfg, learn_sigma=learn_sigma, input_shape=input_shape)
+        return get_objective(dcfg.kind).build(options, learn_sigma=learn_sigma, input_shape=input_shape)
     except ValueError as e:
-        raise ValueError(str(e) if str(e).startswith("config.") else f"config.diffusion: {e}") from None
+        raise ConfigError(str(e) if str(e).startswith("config.") else f"config.diffusion.{e}") from None
 
 
 @register_task("diffusion")

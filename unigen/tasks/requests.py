@@ -77,6 +77,22 @@ class SampleRequest:
         return {a.dest: (a.default if values.get(a.dest) is None else values[a.dest]) for a in self.arguments}
 
 
+def schema_arguments(schema, what: str) -> tuple[Argument, ...]:
+    """One flag per field of an options dataclass (a sampler's registered schema): `--clip-denoised
+    true`, `--eta 0.5`; typed by the field's default (bool, int, float, else str). Absent flags keep
+    the config's value."""
+    from unigen.cli_args import boolean, finite_float
+
+    def kind(default):
+        if isinstance(default, bool):
+            return boolean
+        if isinstance(default, int):
+            return int
+        return finite_float() if isinstance(default, float) else str
+    return tuple(Argument("--" + f.name.replace("_", "-"), f"{what} (default: the config's, else {f.default!r})",
+                          kind(f.default)) for f in dataclasses.fields(schema))
+
+
 # ---- arguments several requests share ------------------------------------------------------------
 PER_CLASS = Argument("--per-class", "samples per class (per grid row)", int_at_least(1), default=8)
 CLASSES = Argument("--classes", "comma-separated class ids (default: all)", class_list)

@@ -41,6 +41,7 @@ from flax import nnx
 
 from unigen.data.captions import digit_captions
 from unigen.diffusion.objective import per_example, split_keys
+from unigen.diffusion.registry import sampler_options
 from unigen.errors import ConfigError
 from unigen.config_sections import config_section, read_section, section_field
 from unigen.tasks.arrays import in_batches, split_arrays
@@ -305,13 +306,14 @@ class UniDiffuserTask(Task):
 
     # ---- sampling -----------------------------------------------------------------------------------
     def generator(self, sample_cfg, graphdef, **kwargs):
-        if sample_cfg.get("clip_denoised", False):
+        options = dict(sampler=sample_cfg.sampler, steps=sample_cfg.steps, cfg_scale=sample_cfg.cfg_scale)
+        options.update(kwargs)
+        own = options.get("sampler_options") or sampler_options(sample_cfg, options["sampler"])  # eta, clip_denoised..
+        if getattr(own, "clip_denoised", False):
             raise ConfigError("config.sample.clip_denoised=True: a UniDiffuser sample packs pixels with embeddings "
                               "and text latents, which [-1, 1] does not bound; set False (the images are clipped "
                               "at the end)")
-        options = dict(sampler=sample_cfg.sampler, steps=sample_cfg.steps, cfg_scale=sample_cfg.cfg_scale,
-                       eta=sample_cfg.get("eta", 0.0))
-        options.update(kwargs)
+        options["sampler_options"] = own
         options.pop("guided_channels", None)  # every output of a mode is guided
         return ModeSampler(graphdef, self.process, self.layout, self.network, cfg_scales=dict(self.opts.cfg_scales),
                            **options)

@@ -17,7 +17,8 @@ import sys
 
 from flax import nnx
 
-from unigen.diffusion.registry import samplers_for
+from unigen.data.shapes import check_data_section
+from unigen.diffusion.registry import sampler_options, samplers_for
 from unigen.errors import ConfigError
 from unigen.models import get_model_kind
 from unigen.tasks import get_task
@@ -105,12 +106,7 @@ def validate(cfg, num_devices: int | None = None) -> Run:
     _need_finite(cfg)
     _need(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "use a non-negative int")
     d, t, s = cfg.data, cfg.train, cfg.sample
-    _need(isinstance(d.get("latent_encoder") or "", str), "data.latent_encoder", d.get("latent_encoder"),
-          "give a tokenizer path unigen.from_pretrained reads, or '' to train in pixel space")
-    _need(d.image_size in (8, 16, 32, 64, 128, 256, 512), "data.image_size", d.image_size,
-          "use a power of two between 8 and 512")
-    _need(d.channels in (1, 3, 4), "data.channels", d.channels, "use 1 (grey), 3 (RGB) or 4 (latents)")
-    _need(d.num_classes >= 0, "data.num_classes", d.num_classes, "must be >= 0 (0 = unlabelled)")
+    check_data_section(d)  # the data package's rules for the fields every run's data has
     for f in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
         _need(isinstance(t[f], int) and t[f] > 0, f"train.{f}", t[f], "must be a positive int")
     _need(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0 (0 = never)")
@@ -186,6 +182,7 @@ def _validate_sampling(s, run) -> None:
     samplers = samplers_for(run.task.process)  # the registered samplers whose needs the objective meets
     _need(s.sampler in samplers, "sample.sampler", s.sampler,
           f"use one of {samplers} for a {type(run.task.process).__name__} (config.diffusion.kind)")
+    sampler_options(s)  # the sampler's own fields, by its registered schema (ConfigError naming a bad one)
     _need(s.steps >= 1, "sample.steps", s.steps, "must be >= 1")
     _need(s.cfg_scale >= 0, "sample.cfg_scale", s.cfg_scale, "must be >= 0 (1 = no guidance)")
     if s.cfg_scale != 1.0 and run.task.guidance_needs_null:

@@ -44,10 +44,10 @@ def _apply(module, x, t, *, noise_key, network_of, mode, layout, scale, times, *
 
 class ModeSampler:
     def __init__(self, graphdef, process, layout: Layout, network_of, *, sampler: str = "dpm_solver_2m",
-                 steps: int = 20, cfg_scale: float = 1.0, cfg_scales: dict | None = None, eta: float = 0.0,
+                 steps: int = 20, cfg_scale: float = 1.0, cfg_scales: dict | None = None, sampler_options=None,
                  default_mode: str = "t2i", image_part: str = "img", clip_parts=("img",), mesh=None, rules="dp"):
         self.graphdef, self.process, self.layout, self.network_of = graphdef, process, layout, network_of
-        self.sampler, self.steps, self.eta = sampler, int(steps), eta
+        self.sampler, self.steps = sampler, int(steps)
         self.default_mode, self.image_part, self.clip_parts = check_mode(default_mode), image_part, tuple(clip_parts)
         self.scales = {m: float(cfg_scale) for m in GUIDED}
         for mode, scale in (cfg_scales or {}).items():
@@ -57,7 +57,9 @@ class ModeSampler:
         self.mesh, self.rules = mesh, rules
         self._generators = {}
         self.states = None
-        Generator(graphdef, process, sample_shape=(1,), sampler=sampler, steps=steps)  # checks sampler and steps
+        # Checks the sampler, its steps and options once; each mode's generator reuses the typed options.
+        self.sampler_options = Generator(graphdef, process, sample_shape=(1,), sampler=sampler, steps=steps,
+                                         sampler_options=sampler_options).sampler_options
 
     def generator(self, mode: str) -> Generator:
         """The Generator of one mode (built once)."""
@@ -66,7 +68,7 @@ class ModeSampler:
                                       scale=self.scales.get(mode, 1.0), times=condition_times(self.process))
             self._generators[mode] = Generator(
                 self.graphdef, self.process, sample_shape=(self.layout.size(MOVES[mode]),), sampler=self.sampler,
-                steps=self.steps, eta=self.eta, clip=False, mesh=self.mesh, rules=self.rules,
+                steps=self.steps, sampler_options=self.sampler_options, clip=False, mesh=self.mesh, rules=self.rules,
                 prepare=_add_noise_key, apply=apply)
         return self._generators[mode]
 
