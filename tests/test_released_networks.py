@@ -32,11 +32,14 @@ from test_dit_parity import RefDiT, max_rel_err, randomize  # noqa: E402
 from test_dit_parity import inputs as dit_inputs, run_ref as run_official  # noqa: E402
 from test_mmdit import run as run_mmdit, run_ref as run_sd3  # noqa: E402
 from test_uvit import check_parity as check_uvit, inputs as uvit_inputs  # noqa: E402
+from test_flux import inputs as flux_inputs, run as run_flux, run_ref as run_flux_ref  # noqa: E402
 from unigen.convert import dit as dit_convert, mmdit as mmdit_convert, uvit as uvit_convert  # noqa: E402
+from unigen.convert import flux as flux_convert  # noqa: E402
 from unigen.convert.dit import infer_official_config  # noqa: E402
 from unigen.errors import WeightError  # noqa: E402
 from unigen.models import MMDiT, UViT  # noqa: E402
 from unigen.models.dit import DiT  # noqa: E402
+from unigen.models.flux import Flux  # noqa: E402
 
 RTOL = 1e-4
 RELEASED = {p.name[:-len(".json")]: json.loads(p.read_text())
@@ -47,12 +50,14 @@ SD35_MEDIUM = "stabilityai_stable-diffusion-3.5-medium.transformer"
 SD35_LARGE = "stabilityai_stable-diffusion-3.5-large.transformer"
 UNIDIFFUSER_V1, UNIDIFFUSER_V0 = "thu-ml_unidiffuser-v1.unet", "thu-ml_unidiffuser-v0.unet"
 OFFICIAL_256, OFFICIAL_512 = "official_DiT-XL-2-256x256", "official_DiT-XL-2-512x512"
+FLUX_DEV, FLUX_SCHNELL = "black-forest-labs_FLUX.1-dev.transformer", "black-forest-labs_FLUX.1-schnell.transformer"
 
 # The fields a shrink may change: sizes only (the official flags name their sizes through `model`,
 # so those shrinks give the network's sizes directly).
 SIZE_FIELDS = {"num_layers", "num_attention_heads", "attention_head_dim", "sample_size", "caption_projection_dim",
                "joint_attention_dim", "pooled_projection_dim", "pos_embed_max_size", "dual_attention_layers",
-               "text_dim", "clip_img_dim", "num_text_tokens", "depth", "hidden_size", "num_heads", "image_size"}
+               "text_dim", "clip_img_dim", "num_text_tokens", "depth", "hidden_size", "num_heads", "image_size",
+               "num_single_layers", "axes_dims_rope"}
 _DIT = dict(num_layers=2, num_attention_heads=2, attention_head_dim=8, sample_size=8)
 # SD3: width 2 x 8 (the caption projection is the width), 12-wide text tokens, a 10-wide pooled
 # vector; the position table keeps the released ratio to sample_size (192 / 128, 384 / 128).
@@ -61,6 +66,10 @@ _SD3 = dict(num_layers=3, num_attention_heads=2, attention_head_dim=8, caption_p
 # UniDiffuser: the sizes of tests/test_uvit.py's inputs (8 x 8 x 4 latents, 5 text tokens of 8, CLIP 12)
 _UVIT = dict(num_layers=4, num_attention_heads=2, attention_head_dim=16, sample_size=8, text_dim=8, clip_img_dim=12,
              num_text_tokens=5)
+# Flux: width 2 x 16 (RoPE axes 4 / 6 / 6 of each head: released files leave axes_dims_rope to its
+# default, so the shrink writes it), 2 double + 2 single blocks; the sizes of tests/test_flux.py's inputs
+_FLUX = dict(num_layers=2, num_single_layers=2, num_attention_heads=2, attention_head_dim=16, joint_attention_dim=12,
+             pooled_projection_dim=10, axes_dims_rope=[4, 6, 6])
 SHRINK = {
     OFFICIAL_256: dict(depth=2, hidden_size=32, num_heads=4, image_size=64),
     OFFICIAL_512: dict(depth=2, hidden_size=32, num_heads=4, image_size=128),
@@ -68,6 +77,7 @@ SHRINK = {
     SD3_MEDIUM: _SD3, SD35_LARGE: _SD3,
     SD35_MEDIUM: {**_SD3, "pos_embed_max_size": 24, "dual_attention_layers": [0, 1]},  # released: 0-12 of 24
     UNIDIFFUSER_V1: _UVIT, UNIDIFFUSER_V0: _UVIT,
+    FLUX_DEV: _FLUX, FLUX_SCHNELL: _FLUX,
 }
 CASES = sorted(RELEASED)
 
@@ -77,7 +87,7 @@ def test_every_released_config_has_a_shrink_of_sizes_only():
     for name, shrink in SHRINK.items():
         assert set(shrink) <= SIZE_FIELDS, name
         if RELEASED[name]["format"] == "diffusers":
-            assert set(shrink) <= set(RELEASED[name]["config"]) | {"dual_attention_layers"}, name
+            assert set(shrink) <= set(RELEASED[name]["config"]) | {"dual_attention_layers", "axes_dims_rope"}, name
 
 
 def shrunk(name: str) -> dict:
@@ -117,7 +127,8 @@ def parameter_shapes(config: dict) -> dict:
 UNUSED = {"UniDiffuserModel": ("transformer.pos_embed.",)}
 MAPPERS = {"DiTTransformer2DModel": (dit_convert.diffusers_config, DiT),
            "SD3Transformer2DModel": (mmdit_convert.diffusers_config, MMDiT),
-           "UniDiffuserModel": (uvit_convert.diffusers_config, UViT)}
+           "UniDiffuserModel": (uvit_convert.diffusers_config, UViT),
+           "FluxTransformer2DModel": (flux_convert.diffusers_config, Flux)}
 
 
 def unigen_count(model_cls, cfg) -> int:
@@ -207,8 +218,13 @@ def _unidiffuser(model, ours, config):
     return max(errs + check_uvit(ours, model, scalars))
 
 
+def _flux(model, ours, config):
+    args = flux_inputs(guidance=config["guidance_embeds"], channels=config["in_channels"] // 4)  # 6 x 10 latents
+    return max_rel_err(run_flux(ours, args), run_flux_ref(model, args))
+
+
 COMPARE = {"DiTTransformer2DModel": (DiT, _dit), "SD3Transformer2DModel": (MMDiT, _sd3),
-           "UniDiffuserModel": (UViT, _unidiffuser)}
+           "UniDiffuserModel": (UViT, _unidiffuser), "FluxTransformer2DModel": (Flux, _flux)}
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -8,6 +8,9 @@ from unigen.convert import bert  # noqa: F401  (registers transformers BERT and 
 from unigen.convert import autoencoder_kl  # noqa: F401  (registers the diffusers AutoencoderKL loader)
 from unigen.convert import dinov2  # noqa: F401  (registers transformers Dinov2Model / Dinov2WithRegistersModel)
 from unigen.convert import rae  # noqa: F401  (registers the diffusers AutoencoderRAE loader)
+from unigen.convert import flux  # noqa: F401  (registers the diffusers FluxTransformer2DModel loader)
+from unigen.convert import clip  # noqa: F401  (registers transformers CLIPTextModel / WithProjection / CLIPModel folders)
+from unigen.convert import t5  # noqa: F401  (registers transformers T5 folders: T5EncoderModel, and T5's encoder)
 from unigen.convert.registry import register_diffusers, register_file, register_folder, register_transformers
 from unigen.convert.unigen_format import load_pretrained, save_pretrained
 from unigen.convert.weights import WeightError, fill_module, read_weights
