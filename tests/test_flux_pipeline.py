@@ -3,7 +3,7 @@
 Each folder is written by diffusers' `FluxPipeline.save_pretrained`: a random FluxTransformer2DModel
 (with guidance_embeds for the dev-like folder, without for the schnell-like one), an AutoencoderKL
 with 16 latent channels and a shift_factor, a CLIPTextModel, a T5EncoderModel, CLIP and T5
-tokenizers built here from a small corpus, and a FlowMatchEulerDiscreteScheduler (dev-like: dynamic
+tokenizers (test_sd3_pipeline's, trained on a small corpus), and a FlowMatchEulerDiscreteScheduler (dev-like: dynamic
 shifting; schnell-like: shift 1).
 (a) encode_prompt equals diffusers' (T5 states, CLIP pooled, text ids) <= 1e-5 relative;
 (b) images from the same initial latents equal diffusers' (output_type="np") <= 1e-4 absolute, for
@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import pytest
 
+from test_sd3_pipeline import _clip_tokenizer_folders, _randomize, _t5_tokenizer_folder, max_rel_err
 from unigen.errors import ConfigError, WeightError
 from unigen.pipelines.flux import FluxPipeline
 
@@ -26,12 +27,9 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-CORPUS = [
-    "a photo of a cat sitting on a red chair", "a painting of a dog in the style of van gogh",
-    "an astronaut riding a horse on the moon", "a bowl of fruit on a wooden table, oil painting",
-    "the quick brown fox jumps over the lazy dog", "a city skyline at night with neon lights",
-    "portrait of an old man with a beard, highly detailed", "two birds flying over a mountain lake",
-]
+# the long prompt is cut to CLIP's 77 and to SEQ T5 tokens on purpose (both libraries)
+pytestmark = [pytest.mark.filterwarnings("ignore:prompt .* longer than the T5 limit"),
+              pytest.mark.filterwarnings("ignore:prompt .* CLIP tokens long")]
 PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon, highly detailed, " * 6]
 CLIP_WIDTH, T5_WIDTH = 32, 24
 HEIGHT, WIDTH = 12, 20     # pixels; the VAE's factor is 2, so multiples of 4: latent 6 x 10, 3 x 5 tokens
@@ -40,88 +38,25 @@ STEPS = 3
 
 
 # ---- building the folders --------------------------------------------------------------------------
-def byte_symbols():
-    """The 256 byte-level BPE symbols in GPT-2's / CLIP's order."""
-    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shifted = {b: chr(256 + n) for n, b in enumerate(b for b in range(256) if b not in kept)}
-    return [chr(b) for b in kept] + [shifted[b] for b in range(256) if b not in kept]
-
-
-def clip_tokenizer_files(folder):
-    """vocab.json + merges.txt + tokenizer_config.json laid out as CLIP-L's (pad = <|endoftext|>)."""
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-    trainer_tok = Tokenizer(BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    trainer_tok.normalizer = normalizers.Lowercase()
-    trainer_tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    trainer_tok.train_from_iterator(CORPUS, BpeTrainer(
-        vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
-        show_progress=False))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(trainer_tok.to_str())["model"]["merges"]]
-    symbols = byte_symbols()
-    vocab = {}
-    for token in symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [
-            "<|startoftext|>", "<|endoftext|>"]:
-        vocab.setdefault(token, len(vocab))
-    os.makedirs(folder)
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump(dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
-                       pad_token="<|endoftext|>", model_max_length=77, do_lower_case=True,
-                       tokenizer_class="CLIPTokenizer"), f)
-    return vocab
-
-
-def t5_tokenizer_files(folder):
-    """A Unigram tokenizer.json built as T5's: <pad>=0, </s>=1, <unk>=2, Metaspace, `$A </s>`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.train_from_iterator(CORPUS * 20, trainers.UnigramTrainer(
-        vocab_size=150, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"],
-                                                       special_tokens=[("</s>", 1)])
-    os.makedirs(folder)
-    tok.save(os.path.join(folder, "tokenizer.json"))
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-                   "extra_ids": 0, "model_max_length": 512}, f)
-    return tok.get_vocab_size()
-
-
-def randomize(module, seed, scale=0.1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("flux_tokenizers"))
-    clip_vocab = clip_tokenizer_files(os.path.join(root, "clip"))
-    t5_vocab = t5_tokenizer_files(os.path.join(root, "t5"))
-    return root, clip_vocab, t5_vocab
+    """(CLIP tokenizer folder, its vocab, T5 tokenizer folder, its size): SD3's test tokenizers
+    (CLIP-L's layout, pad <|endoftext|>; T5's Unigram layout)."""
+    root = tmp_path_factory.mktemp("flux_tokenizers")
+    clip_dirs, clip_vocab = _clip_tokenizer_folders(root)
+    t5_dir, t5_vocab = _t5_tokenizer_folder(root)
+    return clip_dirs["tokenizer"], clip_vocab, t5_dir, t5_vocab
 
 
 def build_pipeline(root, tokenizers, *, dev: bool, seed: int):
     """diffusers' FluxPipeline from tiny random parts, saved to root/<name>; (pipe, folder)."""
-    tok_root, clip_vocab, t5_vocab = tokenizers
+    clip_dir, clip_vocab, t5_dir, t5_vocab = tokenizers
     torch.manual_seed(seed)
-    transformer = randomize(diffusers.FluxTransformer2DModel(
+    transformer = diffusers.FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH, guidance_embeds=dev,
-        axes_dims_rope=(4, 6, 6)), seed)
+        axes_dims_rope=(4, 6, 6)).eval()
+    _randomize(transformer, seed, 0.1)
     vae = diffusers.AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         block_out_channels=(8, 16), layers_per_block=1, latent_channels=16, norm_num_groups=8, sample_size=32,
@@ -149,8 +84,8 @@ def build_pipeline(root, tokenizers, *, dev: bool, seed: int):
                                                               use_dynamic_shifting=False)
     pipe = diffusers.FluxPipeline(
         scheduler=scheduler, vae=vae, text_encoder=clip, text_encoder_2=t5, transformer=transformer,
-        tokenizer=transformers.CLIPTokenizer.from_pretrained(os.path.join(tok_root, "clip")),
-        tokenizer_2=transformers.T5TokenizerFast.from_pretrained(os.path.join(tok_root, "t5")))
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(clip_dir),
+        tokenizer_2=transformers.T5TokenizerFast.from_pretrained(t5_dir))
     pipe.set_progress_bar_config(disable=True)
     folder = os.path.join(root, "dev" if dev else "schnell")
     pipe.save_pretrained(folder)
@@ -167,11 +102,6 @@ def pipelines(tmp_path_factory, tokenizers):
 @pytest.fixture(scope="module")
 def ours(pipelines):
     return {name: FluxPipeline.from_pretrained(folder) for name, (_, folder) in pipelines.items()}
-
-
-def max_rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
 # ---- (a) prompts -----------------------------------------------------------------------------------
@@ -250,6 +180,11 @@ def test_seed_rounding_and_pil(ours):
     assert pipe.traces == traces
     assert len(images) == 1 and images[0].size == (WIDTH, HEIGHT)
     np.testing.assert_array_equal(np.asarray(images[0]), (a[0] * 255).round().astype(np.uint8))
+    # "latent": the final latents unpacked, NHWC, as SD3's; seed=None: fresh noise each call (diffusers
+    # without a generator)
+    fresh = [pipe(**call, height=HEIGHT, width=WIDTH, output_type="latent") for _ in range(2)]
+    assert fresh[0].shape == (1, HEIGHT // 2, WIDTH // 2, 16) and fresh[0].dtype == np.float32
+    assert np.abs(fresh[0] - fresh[1]).max() > 1e-3
 
 
 # ---- (c) errors ------------------------------------------------------------------------------------
@@ -261,11 +196,12 @@ def test_bad_call_arguments(ours):
         (dict(height=2), "height=2"),
         (dict(width=0), "width=0"),
         (dict(num_inference_steps=0), "num_inference_steps=0"),
-        (dict(prompt=5), "prompt must be"),
-        (dict(prompt=[]), "prompt must be"),
+        (dict(prompt=5), "prompt=5"),
+        (dict(prompt=[]), r"prompt=\[\]"),
         (dict(prompt_2=["a", "b"]), "prompt_2 has 2"),
         (dict(output_type="pt"), "output_type='pt'"),
-        (dict(latents=np.zeros((1, 7, 64), np.float32)), r"latents shape \(1, 7, 64\)"),
+        (dict(latents=np.zeros((1, 7, 64), np.float32)), r"latents of shape \(1, 7, 64\).*or \(1, 15, 64\) packed"),
+        (dict(latents=np.zeros((1, 15, 64), np.float32), seed=0), "seed= or latents="),
         (dict(num_images_per_prompt=0), "num_images_per_prompt=0"),
         (dict(guidance_scale="high"), "guidance_scale='high'"),
         (dict(seed=1.5), "seed=1.5"),
@@ -299,11 +235,11 @@ def test_bad_folders(pipelines, tmp_path):
         FluxPipeline.from_pretrained(f)
     f = _copy(folder, tmp_path, "no_entry")
     _edit_json(os.path.join(f, "model_index.json"), text_encoder_2=[None, None])
-    with pytest.raises(WeightError, match="'text_encoder_2' is missing"):
+    with pytest.raises(WeightError, match="no 'text_encoder_2' component"):
         FluxPipeline.from_pretrained(f)
     f = _copy(folder, tmp_path, "wrong_class")
     _edit_json(os.path.join(f, "model_index.json"), transformer=["diffusers", "SD3Transformer2DModel"])
-    with pytest.raises(WeightError, match="'transformer' is a 'SD3Transformer2DModel'"):
+    with pytest.raises(WeightError, match="component 'transformer' is a SD3Transformer2DModel"):
         FluxPipeline.from_pretrained(f)
     f = _copy(folder, tmp_path, "no_folder")
     shutil.rmtree(os.path.join(f, "vae"))

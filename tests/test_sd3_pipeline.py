@@ -299,7 +299,9 @@ def test_seed_pil_and_latent_outputs(ours):
     assert len(pil) == 1 and pil[0].size == (16, 16) and pil[0].mode == "RGB"
     assert np.array_equal(np.asarray(pil[0]), np.round(a[0] * 255).astype(np.uint8))
     lat = ours(**kw, seed=3, output_type="latent")
-    assert lat.shape == (1, 8, 8, 16)
+    assert lat.shape == (1, 8, 8, 16) and lat.dtype == np.float32
+    # seed=None: fresh noise each call, as diffusers without a generator (unigen.pipelines.components)
+    assert not np.array_equal(ours(**kw, output_type="latent"), ours(**kw, output_type="latent"))
 
 
 # ---------------------------------------------------------------- (d) errors

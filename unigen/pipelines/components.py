@@ -1,6 +1,7 @@
-"""Pieces every text-to-image pipeline reader shares (SD3 here, Flux next): the pipeline folder's
+"""Pieces the text-to-image pipeline readers share (sd3.py, flux.py): the pipeline folder's
 `model_index.json` and its component subfolders, loading one component with
-`unigen.pretrained.from_pretrained`, the CLIP / T5 tokenizers, the initial latents, and the
+`unigen.pretrained.from_pretrained`, the CLIP / T5 tokenizers and the scheduler, the call
+arguments (prompts, positive integers, numbers), the initial latents, the VAE decode, and the
 `output_type` conversion of the decoded images.
 
     folder = resolve_pipeline("stabilityai/stable-diffusion-3.5-medium")   # a local folder or hub id
@@ -12,11 +13,21 @@ A diffusers `model_index.json` maps each component name to `[library, class]`; d
 `[null, null]` for a component saved as None (SD3 without its T5: `text_encoder_3`,
 `tokenizer_3`). Every failure here is a WeightError that names the folder, the component and
 what was expected there.
+
+What the pipelines have in common, so that a user finds them alike:
+  * `seed=None` draws fresh noise on every call (a new random seed), as diffusers does without a
+    `generator`; an integer seed reproduces a call (noise from `jax.random.PRNGKey(seed)`, not
+    torch's generator, so not diffusers' images for that seed). `latents=` gives the initial noise
+    itself, and then `seed` must be None;
+  * `output_type` is one of OUTPUT_TYPES: "pil" (the default) a list of PIL images, "np" a float32
+    numpy (N, H, W, C) batch in [0, 1], "latent" the final latents as float32 numpy, NHWC (not
+    decoded). The value returned is that itself, not diffusers' pipeline output object.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +39,10 @@ from unigen.hub import resolve
 
 MODEL_INDEX = "model_index.json"
 OUTPUT_TYPES = ("pil", "np", "latent")
+MAX_SEQUENCE_LENGTH = 512  # T5 tokens; diffusers' SD3 and Flux check_inputs refuse more
+# the transformer's runtime options that the text encoders / the VAE take too (their loaders refuse others)
+TEXT_OPTIONS = ("attention_backend", "scan_layers", "remat")
+VAE_OPTIONS = ("remat",)
 
 
 def resolve_pipeline(path, revision: str | None = None) -> str:
@@ -81,17 +96,23 @@ def component_folder(folder: str, index: dict, name: str, *, classes: tuple[str,
     return sub
 
 
-def load_component(sub: str, name: str, *, check=None, expected: str = "", **overrides):
+def load_component(sub: str, name: str, *, kinds: tuple[str, ...] = (), check=None, expected: str = "",
+                   **overrides):
     """The module in component folder `sub` through `unigen.pretrained.from_pretrained` (its
     registered diffusers / transformers loader), with runtime `overrides` (dtype, ...).
-    `check(module)` -> bool rejects a module of the wrong kind with a WeightError naming
-    `name` and `expected`."""
+    `kinds`: the `_class_name` (diffusers) or `model_type` (transformers) its config.json must
+    have, checked before any weight is read. `check(module)` -> bool rejects a module of the
+    wrong kind with a WeightError naming `name` and `expected`."""
     from unigen.pretrained import from_pretrained  # the front of the loaders; imported late (cycles)
 
-    try:
-        model = from_pretrained(sub, **overrides)
-    except WeightError as e:
-        raise WeightError(f"component {name}/: {e}") from None
+    if kinds:
+        config = read_json(os.path.join(sub, "config.json"),
+                           missing=f"{sub}: no config.json, so the pipeline's {name} cannot be read")
+        field = "_class_name" if "_class_name" in config else "model_type"
+        if config.get(field) not in kinds:
+            raise WeightError(f"{sub}/config.json: {field} {config.get(field)!r}; the pipeline's {name} is a "
+                              f"{' / '.join(map(repr, kinds))}")
+    model = _as_component(name, from_pretrained, sub, **overrides)
     if check is not None and not check(model):
         raise WeightError(f"{sub}: component {name!r} loaded as a {type(model).__name__}; expected {expected}")
     return model
@@ -101,45 +122,101 @@ def load_clip_tokenizer(sub: str, name: str = "tokenizer"):
     """The CLIP tokenizer of a pipeline's tokenizer folder (unigen/text/clip_tokenizer.py)."""
     from unigen.text.clip_tokenizer import CLIPTokenizer
 
-    try:
-        return CLIPTokenizer.from_folder(sub)
-    except WeightError as e:
-        raise WeightError(f"component {name}/: {e}") from None
+    return _as_component(name, CLIPTokenizer.from_folder, sub)
 
 
 def load_t5_tokenizer(sub: str, name: str = "tokenizer_3"):
     """The T5 tokenizer of a pipeline's tokenizer folder (unigen/text/t5_tokenizer.py)."""
     from unigen.text.t5_tokenizer import T5Tokenizer
 
+    return _as_component(name, T5Tokenizer.from_folder, sub)
+
+
+def _as_component(name: str, load, /, *args, **kwargs):
+    """load(*args, **kwargs), its WeightError prefixed with the component's name."""
     try:
-        return T5Tokenizer.from_folder(sub)
+        return load(*args, **kwargs)
     except WeightError as e:
         raise WeightError(f"component {name}/: {e}") from None
 
 
-def as_prompts(prompt, what: str = "prompt") -> list[str]:
-    """A prompt or a list of prompts as a non-empty list of strings."""
+def load_scheduler(folder: str, index: dict, name: str = "scheduler"):
+    """The flow-match scheduler of component `name` (a class unigen.pipelines.flow_match reads)."""
+    from unigen.pipelines.flow_match import READERS, scheduler_from_config
+
+    return scheduler_from_config(component_folder(folder, index, name, classes=tuple(READERS)))
+
+
+def split_runtime(dtype: str | None, runtime: dict) -> tuple[dict, dict, dict]:
+    """(transformer, text encoder, VAE) options from a pipeline's `dtype` (every network's compute
+    dtype; None: the loaders' default) and its runtime options, all the transformer's: each
+    other network gets the ones its loader takes (the loaders refuse any other)."""
+    common = {} if dtype is None else {"dtype": dtype}
+    text, vae = ({**common, **{k: v for k, v in runtime.items() if k in keys}} for keys in (TEXT_OPTIONS, VAE_OPTIONS))
+    return {**common, **runtime}, text, vae
+
+
+# ---- call arguments -------------------------------------------------------------------------------------
+def as_prompts(prompt, what: str = "prompt", batch: int | None = None) -> list[str]:
+    """A prompt or a list of prompts as a non-empty list of strings; with `batch`, exactly that many."""
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ConfigError(f"{what}={_short(prompt)}: give a string or a non-empty list of strings")
+    if batch is not None and len(prompts) != batch:
+        raise ConfigError(f"{what} has {len(prompts)} prompt(s) but prompt has {batch}: give one per prompt")
     return list(prompts)
 
 
-def initial_latents(shape: tuple[int, ...], seed=None, latents=None) -> np.ndarray:
+def positive_int(value, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}={value!r}: give a positive integer")
+    return int(value)
+
+
+def sequence_length(value, name: str = "max_sequence_length") -> int:
+    """A T5 prompt length: a positive integer, at most MAX_SEQUENCE_LENGTH."""
+    length = positive_int(value, name)
+    if length > MAX_SEQUENCE_LENGTH:
+        raise ConfigError(f"{name}={length}: at most {MAX_SEQUENCE_LENGTH} (diffusers' limit)")
+    return length
+
+
+def number(value, name: str) -> float:
+    """A real number (int or float; not a bool or a string) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{name}={value!r}: give a number")
+    return float(value)
+
+
+def initial_latents(shape: tuple[int, ...], seed=None, latents=None, *, packed_shape=None) -> np.ndarray:
     """float32 initial latents of `shape` (NHWC): the given `latents` (checked), else standard
-    normal noise drawn from `jax.random.PRNGKey(seed)` (seed None: 0, so a call is reproducible)."""
+    normal noise drawn from `jax.random.PRNGKey(seed)`; seed None: a fresh random seed (see the
+    module docstring). `packed_shape`: a second layout given latents may have (Flux: diffusers'
+    packed (N, h/2 * w/2, 4C)), returned as given; the caller tells the two apart by shape."""
     if latents is not None:
         if seed is not None:
             raise ConfigError("pass seed= or latents=, not both: latents are the initial noise itself")
         x = np.asarray(latents, np.float32)
-        if x.shape != tuple(shape):
-            raise ConfigError(f"latents of shape {x.shape}: expected {tuple(shape)} (N, h, w, C), channels last "
-                              f"(diffusers' NCHW latents: transpose(0, 2, 3, 1))")
-        return x
-    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
-        raise ConfigError(f"seed={seed!r}: give an integer")
-    key = jax.random.PRNGKey(0 if seed is None else int(seed))
+        if x.shape == tuple(shape) or (packed_shape is not None and x.shape == tuple(packed_shape)):
+            return x
+        other = (" (diffusers' NCHW latents: transpose(0, 2, 3, 1))" if packed_shape is None else
+                 f", or {tuple(packed_shape)} packed as diffusers takes them")
+        raise ConfigError(f"latents of shape {x.shape}: expected {tuple(shape)} (N, h, w, C), channels last{other}")
+    if seed is None:
+        seed = secrets.randbits(31)
+    elif not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ConfigError(f"seed={seed!r}: give an integer (or None for fresh noise)")
+    key = jax.random.PRNGKey(int(seed))
     return np.asarray(jax.random.normal(key, tuple(shape), jnp.float32))
+
+
+# ---- decoding and output --------------------------------------------------------------------------------
+def decode_images(vae, latents):
+    """Images in [0, 1] (float32) of final latents, as diffusers: vae.decode(latents /
+    scaling_factor + shift_factor), then VaeImageProcessor.postprocess's (x / 2 + 0.5) clipped."""
+    c = vae.cfg
+    images = vae.decode(latents / float(c.scaling_factor) + float(c.shift_factor or 0.0))
+    return jnp.clip(images.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
 
 
 def check_output_type(output_type: str) -> str:
@@ -149,8 +226,9 @@ def check_output_type(output_type: str) -> str:
 
 
 def to_output(images, output_type: str):
-    """Decoded images (N, H, W, C) in [0, 1] as `output_type` asks: "np" a float32 numpy batch,
-    "pil" a list of PIL images (rounded as diffusers' `numpy_to_pil`: round(x * 255))."""
+    """Decoded images (N, H, W, C) in [0, 1] (or, for "latent", the final latents) as `output_type`
+    asks: "np" / "latent" a float32 numpy batch, "pil" a list of PIL images (rounded as diffusers'
+    `numpy_to_pil`: round(x * 255))."""
     images = np.asarray(images, np.float32)
     if check_output_type(output_type) != "pil":
         return images

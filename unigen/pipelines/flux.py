@@ -22,7 +22,7 @@ this does too:
   * the size: `height` / `width` default to 128 * vae_scale_factor (1024 for the released VAE) and
     are rounded *down* to a multiple of 2 * vae_scale_factor, as diffusers does (it logs a warning;
     here a Python warning names the size used). A size that rounds to 0 is an error;
-  * latents: N(0, I) in NHWC (B, h, w, 16) drawn from `seed`, packed 2 x 2 into tokens
+  * latents: N(0, I) in NHWC (B, h, w, 16) drawn from `seed` (None: fresh), packed 2 x 2 into tokens
     (unigen.models.flux.pack_latents, diffusers' `_pack_latents` order), or the caller's
     `latents`, packed (B, h/2 * w/2, 64) as diffusers takes them or NHWC (B, h, w, 16). Latents
     take the compute dtype, as diffusers' take the text encoder's;
@@ -36,18 +36,17 @@ this does too:
   * decode: latents unpacked, z / scaling_factor + shift_factor, the VAE's decoder, then
     (x / 2 + 0.5) clipped to [0, 1] (diffusers' VaeImageProcessor.postprocess).
 The Euler loop and the decode are ONE jitted function; jax compiles it once per (batch, text
-length, latent size, step count) and keeps it; the guidance scale is a traced input. The prompt
+length, latent size, step count, decoded or "latent") and keeps it; the guidance scale is a traced input. The prompt
 encoders run in a second jitted function.
 
-Output: `output_type="np"`: float32 numpy (N, H, W, 3) in [0, 1]; "pil": a list of PIL images
-(diffusers' numpy_to_pil rounding). unigen returns the images themselves (as DiTPipeline does),
-not diffusers' FluxPipelineOutput.
+Loading, the call arguments (`seed=None`: fresh noise), the initial latents, the decode and the
+output (`output_type` "pil" / "np" / "latent", the images themselves rather than diffusers'
+FluxPipelineOutput) are shared with sd3.py: unigen/pipelines/components.py. "latent" gives the
+final latents unpacked, NHWC (B, h, w, 16), as SD3's; diffusers' packed ones are pack_latents(x).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import warnings
 
 import jax
@@ -56,20 +55,22 @@ import numpy as np
 from flax import nnx
 
 from unigen.errors import ConfigError, WeightError
-from unigen.files import read_json
-from unigen.hub import resolve
 from unigen.models.flux import Flux, latent_image_ids, pack_latents, text_ids, unpack_latents
-from unigen.pipelines.flow_match import linear_sigmas, scheduler_from_config
+from unigen.pipelines.components import (
+    MAX_SEQUENCE_LENGTH, as_prompts, check_output_type, component_folder, decode_images, initial_latents,
+    load_clip_tokenizer, load_component, load_scheduler, load_t5_tokenizer, number, positive_int, read_model_index,
+    resolve_pipeline, sequence_length, split_runtime, to_output)
+from unigen.pipelines.flow_match import linear_sigmas
 from unigen.text.clip import CLIPTextModel
 from unigen.text.clip_tokenizer import CLIPTokenizer
 from unigen.text.t5 import T5Encoder
 from unigen.text.t5_tokenizer import T5Tokenizer
 from unigen.tokenizers.autoencoder_kl import AutoencoderKL
 
-MODEL_INDEX = "model_index.json"
 PIPELINE_CLASS = "FluxPipeline"
 # component -> the classes model_index.json may name for it (what diffusers' FluxPipeline.__init__
-# is typed with; the tokenizers' slow and fast names are the same files to unigen)
+# is typed with; the tokenizers' slow and fast names are the same files to unigen), and the
+# config.json `_class_name` / `model_type` of each network
 COMPONENTS = {
     "transformer": ("FluxTransformer2DModel",),
     "vae": ("AutoencoderKL",),
@@ -77,80 +78,11 @@ COMPONENTS = {
     "text_encoder_2": ("T5EncoderModel",),
     "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"),
     "tokenizer_2": ("T5TokenizerFast", "T5Tokenizer"),
-    "scheduler": ("FlowMatchEulerDiscreteScheduler",),
 }
-MAX_SEQUENCE_LENGTH = 512     # diffusers' check_inputs refuses more
+KINDS = {"transformer": ("FluxTransformer2DModel",), "vae": ("AutoencoderKL",),
+         "text_encoder": ("clip_text_model",), "text_encoder_2": ("t5",)}
 DEFAULT_SAMPLE_SIZE = 128     # diffusers' FluxPipeline.default_sample_size (latent pixels)
-OUTPUT_TYPES = ("pil", "np")
 TIME_SCALE = 1000.0           # the pipeline hands the transformer timesteps / 1000
-
-
-# ---- reading the folder ---------------------------------------------------------------------------------
-def read_flux_index(folder: str) -> dict:
-    """model_index.json of a FluxPipeline folder, each component checked to be present (an entry
-    and a subfolder) and of a class this pipeline reads; a WeightError names the first that is not."""
-    path = os.path.join(folder, MODEL_INDEX)
-    index = read_json(path, missing=f"{folder}: no {MODEL_INDEX}; a pipeline folder (diffusers save_pretrained) "
-                                    f"has one")
-    if index.get("_class_name") != PIPELINE_CLASS:
-        raise WeightError(f"{path}: _class_name {index.get('_class_name')!r}; this reads {PIPELINE_CLASS!r}")
-    for name, classes in COMPONENTS.items():
-        entry = index.get(name)
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None):
-            raise WeightError(f"{path}: component {name!r} is missing (entry {entry!r}); a FluxPipeline needs "
-                              f"{name}/ holding a {' or '.join(classes)}")
-        if entry[1] not in classes:
-            raise WeightError(f"{path}: component {name!r} is a {entry[1]!r}; a FluxPipeline's {name} is a "
-                              f"{' or '.join(classes)}")
-        if not os.path.isdir(os.path.join(folder, name)):
-            raise WeightError(f"{folder}: no {name}/ folder, though {MODEL_INDEX} lists it ({entry[1]})")
-    return index
-
-
-def _component_config(folder: str, name: str) -> tuple[str, dict]:
-    sub = os.path.join(folder, name)
-    return sub, read_json(os.path.join(sub, "config.json"),
-                          missing=f"{sub}: no config.json, so the pipeline's {name} cannot be read")
-
-
-def load_flux_transformer(folder: str, **runtime) -> Flux:
-    from unigen.convert.flux import load_diffusers
-
-    sub, config = _component_config(folder, "transformer")
-    if config.get("_class_name") != "FluxTransformer2DModel":
-        raise WeightError(f"{sub}/config.json: _class_name {config.get('_class_name')!r}; the transformer of a "
-                          f"FluxPipeline is a 'FluxTransformer2DModel'")
-    return load_diffusers(sub, config, **runtime)
-
-
-def load_flux_vae(folder: str, dtype: str) -> AutoencoderKL:
-    from unigen.convert.autoencoder_kl import load_diffusers
-
-    sub, config = _component_config(folder, "vae")
-    if config.get("_class_name") != "AutoencoderKL":
-        raise WeightError(f"{sub}/config.json: _class_name {config.get('_class_name')!r}; the vae of a "
-                          f"FluxPipeline is an 'AutoencoderKL'")
-    return load_diffusers(sub, config, dtype=dtype)
-
-
-def load_clip_text_encoder(folder: str, name: str, dtype: str) -> CLIPTextModel:
-    from unigen.convert.clip import load_clip_text
-
-    sub, config = _component_config(folder, name)
-    if config.get("model_type") != "clip_text_model":
-        raise WeightError(f"{sub}/config.json: model_type {config.get('model_type')!r}; the pipeline's {name} is a "
-                          f"CLIP text model ('clip_text_model')")
-    return load_clip_text(sub, config, dtype=dtype)
-
-
-def load_t5_text_encoder(folder: str, name: str, dtype: str) -> T5Encoder:
-    from unigen.convert.t5 import load_t5_encoder
-
-    sub, config = _component_config(folder, name)
-    if config.get("model_type") not in ("t5", "umt5"):
-        raise WeightError(f"{sub}/config.json: model_type {config.get('model_type')!r}; the pipeline's {name} is a "
-                          f"T5 encoder ('t5')")
-    return load_t5_encoder(sub, dtype=dtype)
 
 
 def check_flux_parts(transformer: Flux, vae: AutoencoderKL, clip: CLIPTextModel, t5: T5Encoder) -> None:
@@ -173,25 +105,10 @@ def check_flux_parts(transformer: Flux, vae: AutoencoderKL, clip: CLIPTextModel,
             raise WeightError(f"the pipeline's components do not fit together: {why}")
 
 
-# ---- call arguments -------------------------------------------------------------------------------------
-def prompt_list(prompt, name: str = "prompt") -> list[str]:
-    """A str or a non-empty list of str -> list (diffusers' check_inputs accepts these two)."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise ConfigError(f"{name} must be a string or a non-empty list of strings; got {prompt!r}")
-
-
-def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name}={value!r}: must be a positive integer")
-    return int(value)
-
-
 def rounded_latent_size(height, width, vae_scale_factor: int) -> tuple[int, int]:
     """(latent h, latent w) for an image size, as diffusers' prepare_latents: each side rounded down
-    to a multiple of 2 * vae_scale_factor (with a warning when that changes it), then / vae_scale_factor."""
+    to a multiple of 2 * vae_scale_factor (with a warning when that changes it), then / vae_scale_factor.
+    (diffusers' SD3 refuses such sizes instead; sd3.py follows it.)"""
     multiple = 2 * vae_scale_factor
     sides = []
     for name, side in (("height", height), ("width", width)):
@@ -205,16 +122,6 @@ def rounded_latent_size(height, width, vae_scale_factor: int) -> tuple[int, int]
         warnings.warn(f"height and width must be multiples of {multiple}; {sides[0]}x{sides[1]} was rounded down to "
                       f"{h * vae_scale_factor}x{w * vae_scale_factor}, as diffusers' FluxPipeline does", stacklevel=3)
     return h, w
-
-
-def images_as(images: np.ndarray, output_type: str):
-    """float32 NHWC in [0, 1] -> the requested output (diffusers' VaeImageProcessor.postprocess)."""
-    if output_type == "np":
-        return images
-    from PIL import Image
-
-    pixels = (images * 255).round().astype(np.uint8)
-    return [Image.fromarray(p[..., 0], mode="L") if p.shape[-1] == 1 else Image.fromarray(p) for p in pixels]
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------------
@@ -234,26 +141,35 @@ class FluxPipeline:
         graphs, states = zip(*(nnx.split(m) for m in (transformer, vae, text_encoder, text_encoder_2)))
         self._states = dict(zip(("transformer", "vae", "clip", "t5"), states))
         self._encode = jax.jit(self._make_encode(graphs[2], graphs[3]))
-        self._sample = jax.jit(self._make_sample(graphs[0], graphs[1]), static_argnames=("grid",))
+        self._sample = jax.jit(self._make_sample(graphs[0], graphs[1]), static_argnames=("grid", "decode"))
         self.traces = 0  # times the sampling function was traced (a new shape); tests read it
 
     @classmethod
-    def from_pretrained(cls, path, *, dtype: str = "float32", revision: str | None = None,
-                        **transformer_options) -> "FluxPipeline":
+    def from_pretrained(cls, path, *, dtype: str | None = None, revision: str | None = None,
+                        **runtime) -> "FluxPipeline":
         """Read a diffusers FluxPipeline folder, or a hub id's (unigen/hub.py: the local cache first,
         else a download; `revision` a branch, tag or commit). `dtype`: the compute dtype of every
-        network (parameters stay float32). `transformer_options`: the transformer's runtime options
-        (attention_backend, attention_options, scan_layers, remat)."""
-        folder = resolve(path, revision=revision)
-        read_flux_index(folder)
-        transformer = load_flux_transformer(folder, dtype=dtype, **transformer_options)
-        vae = load_flux_vae(folder, dtype)
-        clip = load_clip_text_encoder(folder, "text_encoder", dtype)
-        t5 = load_t5_text_encoder(folder, "text_encoder_2", dtype)
-        tokenizer = CLIPTokenizer.from_folder(os.path.join(folder, "tokenizer"))
-        tokenizer_2 = T5Tokenizer.from_folder(os.path.join(folder, "tokenizer_2"))
-        scheduler = scheduler_from_config(os.path.join(folder, "scheduler"))
-        return cls(transformer, vae, clip, tokenizer, t5, tokenizer_2, scheduler)
+        network (parameters stay float32; None: float32). `runtime`: the transformer's runtime
+        options (attention_backend, attention_options, scan_layers, remat), of which
+        attention_backend / scan_layers / remat also go to the text encoders and remat to the VAE."""
+        from unigen.convert import clip, flux, t5  # noqa: F401  (register their from_pretrained loaders)
+
+        folder = resolve_pipeline(path, revision=revision)
+        index = read_model_index(folder, PIPELINE_CLASS)
+        subs = {name: component_folder(folder, index, name, classes=classes) for name, classes in COMPONENTS.items()}
+        options = dict(zip(("transformer", "text", "vae"), split_runtime(dtype, runtime)))
+
+        def load(name, module_class, what, opts):
+            return load_component(subs[name], name, kinds=KINDS[name], check=lambda m: isinstance(m, module_class),
+                                  expected=what, **opts)
+
+        transformer = load("transformer", Flux, "a Flux transformer", options["transformer"])
+        vae = load("vae", AutoencoderKL, "a KL autoencoder", options["vae"])
+        clip_model = load("text_encoder", CLIPTextModel, "a CLIP text model", options["text"])
+        t5_model = load("text_encoder_2", T5Encoder, "a T5 encoder", options["text"])
+        tokenizer = load_clip_tokenizer(subs["tokenizer"], "tokenizer")
+        tokenizer_2 = load_t5_tokenizer(subs["tokenizer_2"], "tokenizer_2")
+        return cls(transformer, vae, clip_model, tokenizer, t5_model, tokenizer_2, load_scheduler(folder, index))
 
     # ---- the two compiled functions ---------------------------------------------------------------------
     @staticmethod
@@ -266,9 +182,9 @@ class FluxPipeline:
         return encode
 
     def _make_sample(self, t_graph, v_graph):
-        scheduler, vae_cfg = self.scheduler, self.vae.cfg
+        scheduler = self.scheduler
 
-        def sample(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid):
+        def sample(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode):
             self.traces += 1  # runs only while tracing
             lh, lw = grid
             flux = nnx.merge(t_graph, states["transformer"])
@@ -280,9 +196,7 @@ class FluxPipeline:
 
             x = scheduler.sample(velocity, latents, sigmas, timesteps=model_t)
             z = unpack_latents(x, lh, lw)
-            z = z / vae_cfg.scaling_factor + vae_cfg.shift_factor
-            decoded = nnx.merge(v_graph, states["vae"]).decode(z)
-            return jnp.clip(decoded.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
+            return decode_images(nnx.merge(v_graph, states["vae"]), z) if decode else z
         return sample
 
     # ---- prompts --------------------------------------------------------------------------------------
@@ -290,15 +204,10 @@ class FluxPipeline:
                       max_sequence_length: int = MAX_SEQUENCE_LENGTH):
         """(prompt_embeds (B*n, max_sequence_length, joint_attention_dim) from T5, pooled (B*n, 768)
         from CLIP, text_ids (max_sequence_length, 3) zeros), as diffusers' `encode_prompt`."""
-        prompts = prompt_list(prompt)
-        prompts_2 = prompts if prompt_2 is None else prompt_list(prompt_2, "prompt_2")
-        if len(prompts_2) != len(prompts):
-            raise ConfigError(f"prompt_2 has {len(prompts_2)} entries and prompt {len(prompts)}; give one each")
+        prompts = as_prompts(prompt)
+        prompts_2 = as_prompts(prompt_2 or prompts, "prompt_2", len(prompts))  # diffusers: `prompt_2 or prompt`
         n = positive_int(num_images_per_prompt, "num_images_per_prompt")
-        length = positive_int(max_sequence_length, "max_sequence_length")
-        if length > MAX_SEQUENCE_LENGTH:
-            raise ConfigError(f"max_sequence_length={length}: at most {MAX_SEQUENCE_LENGTH} (diffusers' limit; "
-                              f"FLUX.1-dev uses 512, schnell 256)")
+        length = sequence_length(max_sequence_length)  # FLUX.1-dev uses 512, schnell 256
         clip_ids = self.tokenizer(prompts, padding="max_length", truncation=True).input_ids
         t5_ids = self.tokenizer_2(prompts_2, max_length=length, padding="max_length", truncation=True).input_ids
         states, pooled = self._encode(self._states["clip"], self._states["t5"], jnp.asarray(clip_ids),
@@ -309,33 +218,23 @@ class FluxPipeline:
 
     # ---- sampling -------------------------------------------------------------------------------------
     def _initial_latents(self, latents, seed, batch: int, grid: tuple[int, int]):
+        """Packed initial latents in the compute dtype, from `seed` or the caller's `latents`
+        (diffusers' packed layout, or NHWC)."""
         lh, lw = grid
         c = self.latent_channels
-        packed_shape = (batch, (lh // 2) * (lw // 2), 4 * c)
-        if latents is None:
-            seed = secrets.randbits(31) if seed is None else seed
-            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-                raise ConfigError(f"seed={seed!r}: give an integer (or None for a fresh one)")
-            noise = jax.random.normal(jax.random.PRNGKey(int(seed)), (batch, lh, lw, c), jnp.float32)
-            return pack_latents(noise).astype(self.dtype)
-        x = jnp.asarray(np.asarray(latents, np.float32))
-        if x.ndim == 4 and x.shape == (batch, lh, lw, c):
-            x = pack_latents(x)
-        elif x.shape != packed_shape:
-            raise ConfigError(f"latents shape {tuple(x.shape)}: expected packed {packed_shape} (diffusers' layout) or "
-                              f"NHWC {(batch, lh, lw, c)} for {batch} image(s) of {lh * self.vae_scale_factor}x"
-                              f"{lw * self.vae_scale_factor}")
-        return x.astype(self.dtype)
+        x = initial_latents((batch, lh, lw, c), seed, latents, packed_shape=(batch, (lh // 2) * (lw // 2), 4 * c))
+        x = jnp.asarray(x)
+        return (pack_latents(x) if x.ndim == 4 else x).astype(self.dtype)
 
     def __call__(self, prompt, prompt_2=None, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 28, guidance_scale: float = 3.5, num_images_per_prompt: int = 1,
                  seed: int | None = None, latents=None, sigmas=None, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                  output_type: str = "pil"):
-        """Images for `prompt` (see the module docstring). `seed` draws the initial latents (None: a
-        fresh seed); `latents` gives them instead. `sigmas`: a custom grid of num_inference_steps
-        values (diffusers' `sigmas`), shifted as the default one is."""
-        if output_type not in OUTPUT_TYPES:
-            raise ConfigError(f"output_type={output_type!r}: use one of {list(OUTPUT_TYPES)}")
+        """Images for `prompt` (see the module docstring). `seed` draws the initial latents (None:
+        fresh noise); `latents` gives them instead. `sigmas`: a custom grid of num_inference_steps
+        values (diffusers' `sigmas`), shifted as the default one is. `output_type`: "pil", "np" or
+        "latent" (unigen.pipelines.components)."""
+        check_output_type(output_type)
         default = DEFAULT_SAMPLE_SIZE * self.vae_scale_factor
         grid = rounded_latent_size(default if height is None else height, default if width is None else width,
                                    self.vae_scale_factor)
@@ -348,12 +247,10 @@ class FluxPipeline:
             steps, image_seq_len=image_seq_len, sigmas=linear_sigmas(steps) if sigmas is None else sigmas)
         # diffusers: t.expand(B).to(latents.dtype) / 1000, divided in the latents' dtype
         model_t = np.asarray(timesteps).astype(self.dtype) / np.asarray(TIME_SCALE, self.dtype)
+        guidance = None  # schnell (no guidance_embeds): no guidance input; diffusers ignores guidance_scale too
         if self.guidance_embeds:
-            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating)):
-                raise ConfigError(f"guidance_scale={guidance_scale!r}: give a number (FLUX.1-dev: 3.5)")
-            guidance = jnp.full((batch,), guidance_scale, jnp.float32)
-        else:
-            guidance = None  # schnell: no guidance input; diffusers ignores guidance_scale too
-        images = self._sample(self._states, prompt_embeds.astype(self.dtype), pooled.astype(self.dtype), x,
-                              jnp.asarray(sigma_grid), jnp.asarray(model_t), guidance, grid=grid)
-        return images_as(np.asarray(images, np.float32), output_type)
+            guidance = jnp.full((batch,), number(guidance_scale, "guidance_scale"), jnp.float32)
+        out = self._sample(self._states, prompt_embeds.astype(self.dtype), pooled.astype(self.dtype), x,
+                           jnp.asarray(sigma_grid), jnp.asarray(model_t), guidance, grid=grid,
+                           decode=output_type != "latent")
+        return to_output(out, output_type)

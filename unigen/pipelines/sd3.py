@@ -34,9 +34,10 @@ graphdefs and the scheduler config: a second call of the same shapes, or another
 same architecture, reuses it (guidance_scale, the sigma grid and the weights are traced arguments).
 The text encoders are jitted the same way (`_clip_states`, `_t5_states`), once per batch size.
 
-Returned are the images themselves (as unigen's DiTPipeline), not diffusers' output object.
-The initial noise is drawn from `seed` with JAX's generator (diffusers draws from torch's), or
-given as `latents` (NHWC).
+Loading, the call arguments, the initial latents (from `seed`, None: fresh noise, drawn with
+JAX's generator where diffusers draws from torch's; or given as `latents`, NHWC), the decode and
+the output (the images themselves, not diffusers' output object) are shared with flux.py:
+unigen/pipelines/components.py.
 """
 
 from __future__ import annotations
@@ -50,22 +51,19 @@ from flax import nnx
 
 from unigen.errors import ConfigError, WeightError
 from unigen.models.mmdit import MMDiT
-from unigen.pipelines.components import (as_prompts, check_output_type, component_folder, initial_latents,
-                                         load_clip_tokenizer, load_component, load_t5_tokenizer, read_model_index,
-                                         resolve_pipeline, to_output)
-from unigen.pipelines.flow_match import READERS, scheduler_from_config
+from unigen.pipelines.components import (
+    as_prompts, check_output_type, component_folder, decode_images, initial_latents, load_clip_tokenizer,
+    load_component, load_scheduler, load_t5_tokenizer, number, positive_int, read_model_index, resolve_pipeline,
+    sequence_length, split_runtime, to_output)
 from unigen.text.clip import CLIPTextModel
 from unigen.text.t5 import T5Encoder
+from unigen.tokenizers.autoencoder_kl import AutoencoderKL
 
 PIPELINE_CLASS = "StableDiffusion3Pipeline"
 CLIP_CLASSES = ("CLIPTextModelWithProjection",)
 CLIP_TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
 T5_CLASSES = ("T5EncoderModel",)
 T5_TOKENIZERS = ("T5TokenizerFast", "T5Tokenizer")
-MAX_SEQUENCE_LENGTH = 512  # diffusers' check_inputs refuses more
-# runtime options each kind of component takes (the loaders refuse any other)
-TEXT_OPTIONS = ("attention_backend", "scan_layers", "remat")
-VAE_OPTIONS = ("remat",)
 
 
 def _is_projected_clip(m) -> bool:
@@ -106,7 +104,6 @@ class StableDiffusion3Pipeline:
         self._encoders = {}  # name -> (graphdef, state)
         self._graphs = (nnx.graphdef(transformer), nnx.graphdef(vae))
         self._states = (nnx.state(transformer), nnx.state(vae))
-        self._decode = (float(vae.cfg.scaling_factor), float(vae.cfg.shift_factor or 0.0))
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -118,39 +115,36 @@ class StableDiffusion3Pipeline:
         of which attention_backend / scan_layers / remat also go to the text encoders and remat to
         the VAE. `text_encoder_3=False` skips the T5 even where the folder has one (diffusers'
         `text_encoder_3=None`): its part of the prompt is then zeros."""
+        from unigen.convert import clip, mmdit, t5  # noqa: F401  (register their from_pretrained loaders)
+
         folder = resolve_pipeline(path, revision=revision)
         index = read_model_index(folder, PIPELINE_CLASS)
-        common = {} if dtype is None else {"dtype": dtype}
-        text = {**common, **{k: v for k, v in runtime.items() if k in TEXT_OPTIONS}}
-        vae_options = {**common, **{k: v for k, v in runtime.items() if k in VAE_OPTIONS}}
+        options, text, vae_options = split_runtime(dtype, runtime)
 
         def sub(name, classes, required=True):
             return component_folder(folder, index, name, classes=classes, required=required)
 
         transformer = load_component(sub("transformer", ("SD3Transformer2DModel",)), "transformer",
-                                     check=lambda m: isinstance(m, MMDiT), expected="an SD3 MMDiT",
-                                     **common, **runtime)
-        vae = load_component(sub("vae", ("AutoencoderKL",)), "vae", expected="a KL autoencoder",
-                             check=lambda m: hasattr(m, "decode") and hasattr(getattr(m, "cfg", None), "shift_factor"),
-                             **vae_options)
-        encoders = [load_component(sub(name, CLIP_CLASSES), name, check=_is_projected_clip,
+                                     kinds=("SD3Transformer2DModel",), check=lambda m: isinstance(m, MMDiT),
+                                     expected="an SD3 MMDiT", **options)
+        vae = load_component(sub("vae", ("AutoencoderKL",)), "vae", kinds=("AutoencoderKL",),
+                             check=lambda m: isinstance(m, AutoencoderKL), expected="a KL autoencoder", **vae_options)
+        encoders = [load_component(sub(name, CLIP_CLASSES), name, kinds=("clip_text_model",), check=_is_projected_clip,
                                    expected="a CLIPTextModelWithProjection", **text)
                     for name in ("text_encoder", "text_encoder_2")]
         tokenizers = [load_clip_tokenizer(sub(name, CLIP_TOKENIZERS), name) for name in ("tokenizer", "tokenizer_2")]
-        t5 = t5_tokenizer = None
+        t5_model = t5_tokenizer = None
         t5_dir = sub("text_encoder_3", T5_CLASSES, required=False)
         if t5_dir is not None and text_encoder_3:
             t5_tok_dir = sub("tokenizer_3", T5_TOKENIZERS, required=False)
             if t5_tok_dir is None:
                 raise WeightError(f"{folder}: text_encoder_3/ is there but tokenizer_3 is not; the T5 needs its "
                                   f"tokenizer (or load with text_encoder_3=False)")
-            t5 = load_component(t5_dir, "text_encoder_3", check=lambda m: isinstance(m, T5Encoder),
-                                expected="a T5 encoder", **text)
+            t5_model = load_component(t5_dir, "text_encoder_3", kinds=("t5",), check=lambda m: isinstance(m, T5Encoder),
+                                      expected="a T5 encoder", **text)
             t5_tokenizer = load_t5_tokenizer(t5_tok_dir, "tokenizer_3")
-        sched_dir = sub("scheduler", tuple(READERS))
-        scheduler = scheduler_from_config(sched_dir)
-        return cls(transformer, vae, scheduler, encoders[0], tokenizers[0], encoders[1], tokenizers[1],
-                   t5, t5_tokenizer)
+        return cls(transformer, vae, load_scheduler(folder, index), encoders[0], tokenizers[0], encoders[1],
+                   tokenizers[1], t5_model, t5_tokenizer)
 
     # ---- the prompt ---------------------------------------------------------------------------
     def _encoder(self, name: str):
@@ -208,10 +202,8 @@ class StableDiffusion3Pipeline:
         `negative_prompt_embeds` + `negative_pooled_prompt_embeds` (instead of negative_prompt)
         are used as given (checked; N = their rows, num_images_per_prompt must then be 1: repeat
         the rows yourself); a missing negative is encoded from the negative prompts."""
-        n = _positive_int(num_images_per_prompt, "num_images_per_prompt")
-        msl = _positive_int(max_sequence_length, "max_sequence_length")
-        if msl > MAX_SEQUENCE_LENGTH:
-            raise ConfigError(f"max_sequence_length={msl}: at most {MAX_SEQUENCE_LENGTH} (diffusers' limit)")
+        n = positive_int(num_images_per_prompt, "num_images_per_prompt")
+        msl = sequence_length(max_sequence_length)
         if prompt_embeds is not None:
             given = [name for name, v in (("prompt", prompt), ("prompt_2", prompt_2), ("prompt_3", prompt_3))
                      if v is not None]
@@ -230,16 +222,10 @@ class StableDiffusion3Pipeline:
             prompts = as_prompts(prompt)
             b = len(prompts)
 
-        def same_batch(p, what):
-            out = as_prompts(p, what)
-            if len(out) != b:
-                raise ConfigError(f"{what} has {len(out)} prompt(s) but prompt has {b}: give one per prompt")
-            return out
-
         if prompt_embeds is None:
             # diffusers: `prompt_2 or prompt`, so an empty string falls back too
-            prompts_2 = same_batch(prompt_2 or prompts, "prompt_2")
-            prompts_3 = same_batch(prompt_3 or prompts, "prompt_3")
+            prompts_2 = as_prompts(prompt_2 or prompts, "prompt_2", b)
+            prompts_3 = as_prompts(prompt_3 or prompts, "prompt_3", b)
             embeds, pooled = self._embed(prompts, prompts_2, prompts_3, n, clip_skip, msl)
         if not do_classifier_free_guidance:
             return embeds, None, pooled, None
@@ -260,7 +246,7 @@ class StableDiffusion3Pipeline:
         # diffusers: "" by default, _2 / _3 fall back to it, a string is used for every prompt
         negative = negative_prompt or ""
         negative_2, negative_3 = negative_prompt_2 or negative, negative_prompt_3 or negative
-        negs = [[p] * b if isinstance(p, str) else same_batch(p, what) for p, what in
+        negs = [[p] * b if isinstance(p, str) else as_prompts(p, what, b) for p, what in
                 ((negative, "negative_prompt"), (negative_2, "negative_prompt_2"), (negative_3, "negative_prompt_3"))]
         # diffusers encodes the negatives with clip_skip=None whatever the call's clip_skip
         neg_embeds, neg_pooled = self._embed(*negs, n, None, msl)
@@ -302,16 +288,13 @@ class StableDiffusion3Pipeline:
         """Images for `prompt` (a string or a list), diffusers' defaults: 28 steps, guidance 7.0,
         height / width the transformer's sample_size x the VAE factor (1024 for SD3). `latents`:
         the initial noise (N, h, w, C) NHWC, N = prompts x num_images_per_prompt; else drawn from
-        `seed` (None: 0). `mu`: the dynamic shift, for schedulers with use_dynamic_shifting
+        `seed` (None: fresh noise). `mu`: the dynamic shift, for schedulers with use_dynamic_shifting
         (otherwise computed from the image size as diffusers does). `prompt_embeds` & co.:
         precomputed embeddings instead of the prompts (see `encode_prompt`)."""
         default = self.default_sample_size * self.vae_scale_factor
         height, width = self.check_size(default if height is None else height, default if width is None else width)
         check_output_type(output_type)
-        try:
-            scale = float(guidance_scale)
-        except (TypeError, ValueError):
-            raise ConfigError(f"guidance_scale={guidance_scale!r}: give a number") from None
+        scale = number(guidance_scale, "guidance_scale")
         guided = scale > 1.0  # diffusers' do_classifier_free_guidance
         embeds, neg_embeds, pooled, neg_pooled = self.encode_prompt(
             prompt, prompt_2, prompt_3, negative_prompt, negative_prompt_2, negative_prompt_3,
@@ -327,11 +310,8 @@ class StableDiffusion3Pipeline:
         x = initial_latents((n, h, w, c.in_channels), seed, latents)
         sigmas, timesteps = self.scheduler.schedule(
             num_inference_steps, image_seq_len=(h // self.patch_size) * (w // self.patch_size), mu=mu)
-        out = _sample(self._graphs, self.scheduler, self._decode if output_type != "latent" else None, guided,
-                      self._states, jnp.asarray(x), embeds, pooled, jnp.asarray(sigmas), jnp.asarray(timesteps),
-                      jnp.float32(scale))
-        if output_type == "latent":
-            return np.asarray(out, np.float32)
+        out = _sample(self._graphs, self.scheduler, output_type != "latent", guided, self._states, jnp.asarray(x),
+                      embeds, pooled, jnp.asarray(sigmas), jnp.asarray(timesteps), jnp.float32(scale))
         return to_output(out, output_type)
 
 
@@ -351,9 +331,9 @@ def _t5_states(graph, state, ids):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _sample(graphs, scheduler, decode, guided: bool, states, x, context, pooled, sigmas, timesteps, scale):
-    """The Euler loop from x (N, h, w, C) and, with `decode` = (scaling_factor, shift_factor), the VAE
-    decode to images in [0, 1]. Guided: `context` / `pooled` hold [negative; positive] (2N rows)."""
+def _sample(graphs, scheduler, decode: bool, guided: bool, states, x, context, pooled, sigmas, timesteps, scale):
+    """The Euler loop from x (N, h, w, C) and, with `decode`, the VAE decode to images in [0, 1].
+    Guided: `context` / `pooled` hold [negative; positive] (2N rows)."""
     (t_graph, v_graph), (t_state, v_state) = graphs, states
     model = nnx.merge(t_graph, t_state)
 
@@ -365,14 +345,4 @@ def _sample(graphs, scheduler, decode, guided: bool, states, x, context, pooled,
         return v_neg + scale * (v_pos - v_neg)  # diffusers' order of operations
 
     latents = scheduler.sample(velocity, x, sigmas, timesteps=timesteps)
-    if decode is None:
-        return latents
-    scaling, shift = decode
-    images = nnx.merge(v_graph, v_state).decode(latents / scaling + shift)
-    return jnp.clip(images.astype(jnp.float32) / 2 + 0.5, 0.0, 1.0)
-
-
-def _positive_int(value, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name}={value!r}: give a positive integer")
-    return int(value)
+    return decode_images(nnx.merge(v_graph, v_state), latents) if decode else latents
