@@ -35,9 +35,8 @@ from unigen.errors import ConfigError, WeightError
 from unigen.files import read_json
 from unigen.hub import resolve
 from unigen.models.dit import DiT
+from unigen.pipelines.components import MODEL_INDEX
 from unigen.pipelines.schedulers import SCHEDULER_OF, Scheduler, read_scheduler
-
-MODEL_INDEX = "model_index.json"
 
 
 def is_pipeline_folder(path) -> bool:
