@@ -1,6 +1,7 @@
-"""Text to images with a released pipeline folder (SD3 / SD3.5, Flux.1) or hub id.
+"""Text to images with a released pipeline folder or hub id (any `unigen.pipelines.from_pretrained`
+reads; the families are listed in docs/library.md).
 
-    python infer/text_to_image.py --pipeline black-forest-labs/FLUX.1-schnell --prompt "a red bicycle" \\
+    python infer/text_to_image.py --pipeline ORG/NAME --prompt "a red bicycle" \\
         --prompt "a lighthouse at dusk" --num 2 --steps 4 --size 768x1024 --seed 0 --out out/t2i
 
 writes one PNG per image (`<prompt index>_<image index>_<prompt start>.png`) and `grid.png` (one row
@@ -33,11 +34,12 @@ def _parser():
     p.add_argument("--pipeline", required=True, help="a diffusers pipeline folder (model_index.json) or hub id")
     p.add_argument("--revision", default=None, help="with a hub id: a branch, tag or commit hash")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several; one grid row each)")
-    p.add_argument("--negative-prompt", default=None, help="what to steer away from (pipelines with CFG: SD3)")
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from (pipelines with classifier-free guidance)")
     p.add_argument("--num", type=int_at_least(1), default=1, help="images per prompt")
     p.add_argument("--steps", type=int_at_least(1), default=None, help="denoising steps (default: the pipeline's)")
     p.add_argument("--guidance", type=finite_float(0.0), default=None,
-                   help="guidance scale (SD3: classifier-free; Flux dev: the distilled guidance input)")
+                   help="guidance scale (classifier-free, or a guidance-distilled model's input, as the "
+                        "pipeline takes it)")
     p.add_argument("--size", type=_size, default=None, help="HEIGHTxWIDTH in pixels (default: the pipeline's)")
     p.add_argument("--seed", type=int_at_least(0, below=SEED_LIMIT), default=0, help="the initial noise's seed")
     p.add_argument("--max-sequence-length", type=int_at_least(1), default=None, help="T5 tokens per prompt")
