@@ -2,7 +2,8 @@
 TextEncoding), against transformers on tiny random folders; the resolver and the task's loader
 accept them (a diffusers pipeline's text_encoder*/ folder with its tokenizer*/ sibling included)
 and still refuse other folders; the registry; and the digits text-to-image job trained and
-prompted with a CLIP and with a T5 folder as `config.text.encoder`.
+prompted with a CLIP folder as `config.text.encoder` (a T5 folder built into the task and its
+prompts encoded; training it would only recompile the same path).
 
 The tokenizer builders are test_clip's and test_t5's (imported fixtures); torch / transformers
 only build and check the references.
@@ -159,6 +160,12 @@ def test_t5_tokens_mask_and_masked_mean_equal_transformers(t5_folder):
     assert max_rel_err(longer.pooled, mean) <= RTOL
     with pytest.raises(ValueError, match="exceeds"):
         enc.encode(PROMPTS, pad_to=257)
+    # padding_mask=False: diffusers' SD3 / Flux call (no mask; the padding is seen), pooled still over real tokens
+    bare = pe.T5PromptEncoder(enc.model, enc.tokenizer, padding_mask=False).encode(PROMPTS)
+    with torch.no_grad():
+        ref_bare = model(input_ids=batch["input_ids"]).last_hidden_state.numpy()
+    assert max_rel_err(bare.tokens, ref_bare) <= RTOL
+    assert max_rel_err(bare.pooled, (ref_bare * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)) <= RTOL
 
 
 # ---- the resolver, the loader, the registry ----------------------------------------------------
@@ -212,24 +219,39 @@ def test_registry_wraps_a_new_family_and_refuses_unknown_modules(monkeypatch, cl
 
 
 # ---- the digits text-to-image job with CLIP and T5 encoders --------------------------------------
-@pytest.mark.parametrize("family", ["clip", "t5"])
-def test_text_to_image_job_runs_with_the_encoder(family, clip_folders, t5_folder, tmp_path):
-    from unigen.infer.sample import main as sample_main
-    from unigen.training.build import build
-    from unigen.training.loop import train
+def _overrides(family, clip_folders, t5_folder):
+    """config overrides: the encoder folder and the MM-DiT widths it gives (tokens, pooled)."""
     folder, widths = ((clip_folders[0]["projected"], (32, 16)) if family == "clip" else (t5_folder[0], (32, 32)))
-    overrides = [f"--config.text.encoder={folder}", f"--config.model.joint_attention_dim={widths[0]}",
-                 f"--config.model.pooled_projection_dim={widths[1]}", "--config.train.steps=2",
-                 "--config.train.checkpoint_every=2", "--config.train.sample_every=0", "--config.eval.at_end=False"]
+    return widths, [f"--config.text.encoder={folder}", f"--config.model.joint_attention_dim={widths[0]}",
+                    f"--config.model.pooled_projection_dim={widths[1]}", "--config.train.steps=2",
+                    "--config.train.checkpoint_every=2", "--config.train.sample_every=0",
+                    "--config.eval.at_end=False"]
+
+
+@pytest.mark.parametrize("family", ["clip", "t5"])
+def test_text_to_image_task_takes_the_encoder(family, clip_folders, t5_folder):
+    from unigen.training.build import build
+    widths, overrides = _overrides(family, clip_folders, t5_folder)
     task = build(tiny_config(*overrides)).task
     assert task.tokens.shape[2] == widths[0] and task.pooled.shape[1] == widths[1]
+    np.testing.assert_array_equal(task.null_cond()["context"], task.tokens[0])  # the empty prompt
     i = int(task.captions.held_out_ids[3, 0])
-    cond = task.conditions_for_prompts([task.captions.captions[i]])  # padded to the table's length
+    cond = task.conditions_for_prompts([task.captions.captions[i], "a handwritten 7"])  # padded to the table's T
+    assert cond["context"].shape == (2, task.context_length, widths[0]) and np.isfinite(cond["context"]).all()
     np.testing.assert_allclose(cond["context"][0], task.tokens[i], atol=1e-5)
     np.testing.assert_allclose(cond["pooled"][0], task.pooled[i], atol=1e-5)
     with pytest.raises(ConfigError, match=f"joint_attention_dim=8.*set it to {widths[0]}"):
         build(tiny_config(*overrides, "--config.model.joint_attention_dim=8"))
 
+
+def test_text_to_image_job_trains_and_samples_with_a_clip_folder(clip_folders, t5_folder, tmp_path):
+    """2 training steps in-process, then one prompt through infer/sample.py (the task's
+    conditions_for_prompts). Only CLIP: the same run with T5 costs another ~40 s of compilation
+    for the same code path (the task above checks T5's conditions)."""
+    from unigen.infer.sample import main as sample_main
+    from unigen.training.loop import train
+    _, overrides = _overrides("clip", clip_folders, t5_folder)
+    overrides += ["--config.model.num_layers=1", "--config.model.scan_layers=False"]
     workdir = str(tmp_path / "run")
     result = train(tiny_config(*overrides), workdir, progress=False)
     assert np.isfinite(result["loss"])
