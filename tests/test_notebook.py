@@ -91,3 +91,17 @@ def test_unidiffuser_notebook_runs(tmp_path, monkeypatch):
     assert "one network, five modes" in text and "memoriser" in text                        # the evaluation
     assert images >= 4  # caption latents, t2i grid, joint grid, marginal grid
     assert os.path.exists(tmp_path / "run" / "run" / "eval.json")
+
+
+def test_pipelines_notebook_runs(tmp_path, monkeypatch):
+    for name in ("torch", "diffusers", "transformers"):  # quick mode writes its tiny folder with diffusers
+        pytest.importorskip(name)
+    text, images = run_notebook("pipelines.ipynb", tmp_path, monkeypatch, {
+        "UNIGEN_PIPELINES_QUICK": "1", "UNIGEN_PIPELINES_WORKDIR": str(tmp_path / "run")})
+    assert "FluxPipeline loaded" in text and "scheduler: FlowMatchEuler(" in text     # from_pretrained picked Flux
+    assert "prompt_embeds (3, 32, 24) pooled (3, 32) text_ids (32, 3)" in text        # encode_prompt
+    assert "second call" in text and "images (6, 64, 64, 3)" in text                  # 3 prompts x 2 images
+    assert "shift 1 (loaded): sigmas" in text and "shift 3: sigmas" in text           # the swapped scheduler
+    assert "recompiled for the new scheduler: False" in text
+    assert images >= 2  # the prompt grid and the scheduler comparison, inline
+    assert os.path.exists(tmp_path / "run" / "prompts.png") and os.path.exists(tmp_path / "run" / "schedulers.png")
