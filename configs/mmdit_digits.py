@@ -11,7 +11,8 @@ unigen/data/captions.py); the evaluation prompts use held-out templates the mode
 The encoder runs once per distinct caption; its token states (B, T, 384) are the joint-attention
 context and its pooled, L2-normalised sentence embedding joins the timestep embedding (SD3 §2).
 Guidance uses the empty prompt as the null condition (trained with 10% prompt dropout).
-`--config.text.encoder` takes any BERT sentence-transformers folder or hub-cache name.
+`--config.text.encoder` takes any BERT sentence-transformers folder or hub-cache name, or a CLIP / T5
+folder (then set model.joint_attention_dim / pooled_projection_dim to its widths; docs/text_to_image.md).
 
 Objective: rectified flow with SD3's logit-normal timesteps (SD3 §3.1) and its timestep shift
 (eq. 23; `diffusion.shift`, used by training and by the sampler's grid). SD3 shifts towards noise

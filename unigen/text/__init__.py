@@ -16,6 +16,8 @@ from unigen.text.clip import CLIPTextConfig, CLIPTextModel, CLIPTextOutput
 from unigen.text.clip_tokenizer import CLIPTokenBatch, CLIPTokenizer
 from unigen.text.encoder import TextEncoder, TextEncoderConfig, TextEncoding, pool
 from unigen.text.folder import EncoderFolder, read_encoder_folder
+from unigen.text.prompt_encoders import (CLIPPromptEncoder, T5PromptEncoder, as_prompt_encoder,
+                                         register_prompt_encoder)
 from unigen.text.resolve import resolve_text_encoder
 from unigen.text.t5 import T5Encoder, T5EncoderConfig, T5EncoderOutput
 from unigen.text.t5_tokenizer import T5TokenBatch, T5Tokenizer
@@ -24,4 +26,5 @@ from unigen.text.tokenizer import TokenBatch, Tokenizer
 __all__ = ["Bert", "BertConfig", "TextEncoder", "TextEncoderConfig", "TextEncoding", "pool", "EncoderFolder",
            "read_encoder_folder", "resolve_text_encoder", "TokenBatch", "Tokenizer", "CLIPTextConfig", "CLIPTextModel",
            "CLIPTextOutput", "CLIPTokenBatch", "CLIPTokenizer", "T5Encoder", "T5EncoderConfig", "T5EncoderOutput",
-           "T5TokenBatch", "T5Tokenizer"]
+           "T5TokenBatch", "T5Tokenizer", "as_prompt_encoder", "register_prompt_encoder",
+           "CLIPPromptEncoder", "T5PromptEncoder"]

@@ -268,12 +268,5 @@ def as_prompt_encoder(module, folder: str):
                       f"(unigen.text.prompt_encoders.register_prompt_encoder adds one)")
 
 
-def load_prompt_encoder(folder: str, **overrides):
-    """The prompt encoder in `folder` (a text encoder folder `unigen.pretrained.from_pretrained`
-    reads; `overrides` are its runtime options such as dtype)."""
-    from unigen.pretrained import from_pretrained  # the loaders' front; imported late (import cycles)
-    return as_prompt_encoder(from_pretrained(folder, **overrides), folder)
-
-
 register_prompt_encoder(CLIPTextModel, CLIPPromptEncoder.from_module, name="clip")
 register_prompt_encoder(T5Encoder, T5PromptEncoder.from_module, name="t5")
