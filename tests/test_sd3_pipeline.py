@@ -289,6 +289,15 @@ def test_images_match_diffusers(folders, ours, ours_no_t5, with_t5):
     np.testing.assert_array_equal(again, got)
 
 
+def test_images_without_guidance_match_diffusers(folders, ours):
+    # guidance_scale <= 1: no negative batch, one network call per step (diffusers' do_classifier_free_guidance)
+    noise = np.random.RandomState(8).randn(2, 16, 8, 12).astype(np.float32)
+    kw = {**IMAGE_KW, "guidance_scale": 1.0}
+    ref = _diffusers_images(folders[0], noise, **kw)
+    got = ours(**kw, latents=noise.transpose(0, 2, 3, 1), output_type="np", max_sequence_length=MSL)
+    assert np.abs(got - ref).max() <= ATOL_IMAGES, np.abs(got - ref).max()
+
+
 def test_seed_pil_and_latent_outputs(ours):
     kw = dict(prompt="a photo of a cat", num_inference_steps=2, max_sequence_length=MSL, guidance_scale=1.0)
     a = ours(**kw, seed=3, output_type="np")
