@@ -36,7 +36,7 @@ import numpy as np
 
 from unigen.errors import WeightError
 from unigen.files import read_json
-from unigen.text.tokenizer import _check_texts, _shorten
+from unigen.text.tokenizer import IdsAndMask, _check_texts, _shorten
 
 # OpenAI CLIP's pre-tokenisation pattern (simple_tokenizer.py), as transformers 5's CLIPTokenizer
 # writes it; text is lowercased before, so its IGNORECASE flag changes nothing.
@@ -51,20 +51,7 @@ _TOKEN_FLAGS = ("single_word", "lstrip", "rstrip", "normalized", "special")
 PADDINGS = ("max_length", "longest", "do_not_pad")
 
 
-@dataclasses.dataclass(frozen=True)
-class CLIPTokenBatch:
-    """numpy int32 arrays, each (B, T); also readable by key (`batch["input_ids"]`), as a
-    transformers tokenizer's output is."""
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if key not in self.keys():
-            raise KeyError(f"{key!r}; a CLIPTokenBatch holds {list(self.keys())}")
-        return getattr(self, key)
-
-    def keys(self) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(self))
+CLIPTokenBatch = IdsAndMask  # ids and mask, also readable by key (unigen/text/tokenizer.py)
 
 
 def _token_spec(value, where: str) -> dict | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from unigen.errors import WeightError
 from unigen.files import read_json
-from unigen.text.tokenizer import _check_texts, _shorten
+from unigen.text.tokenizer import IdsAndMask, _check_texts, _shorten
 
 TOKENIZER_FILE = "tokenizer.json"
 PADDINGS = ("max_length", "longest")
@@ -50,20 +50,7 @@ def _token_name(value, default: str) -> str:
     return value if isinstance(value, str) and value else default
 
 
-@dataclasses.dataclass(frozen=True)
-class T5TokenBatch:
-    """numpy int32 arrays, each (B, T); also readable by key (`batch["input_ids"]`), as a
-    transformers tokenizer's output is."""
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if key not in self.keys():
-            raise KeyError(f"{key!r}; a T5TokenBatch holds {list(self.keys())}")
-        return getattr(self, key)
-
-    def keys(self) -> tuple[str, ...]:
-        return ("input_ids", "attention_mask")
+T5TokenBatch = IdsAndMask  # ids and mask, also readable by key (unigen/text/tokenizer.py)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,21 +58,32 @@ def _backend(path: str, max_length: int, lowercase: bool):
         return _CACHE[key]
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenBatch:
-    """numpy int32 arrays, each (B, T); also readable by key (`batch["input_ids"]`), as a
-    transformers tokenizer's output is."""
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    token_type_ids: np.ndarray
+class ByKey:
+    """A dataclass of arrays also readable by key (`batch["input_ids"]`), as a transformers
+    tokenizer's output is."""
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self.keys():
-            raise KeyError(f"{key!r}; a TokenBatch holds {list(self.keys())}")
+            raise KeyError(f"{key!r}; a {type(self).__name__} holds {list(self.keys())}")
         return getattr(self, key)
 
     def keys(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class IdsAndMask(ByKey):
+    """numpy int32 arrays, each (B, T): what CLIP's and T5's tokenizers give."""
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenBatch(ByKey):
+    """numpy int32 arrays, each (B, T): what a BERT tokenizer gives."""
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
 
 
 def _shorten(text: str, n: int = 60) -> str:
