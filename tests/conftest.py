@@ -115,6 +115,7 @@ E2E_TESTS = {
     "test_text_to_image.py": ("test_mmdit_digits_quick_job_samples_prompts_and_protocol",),
     "test_prompt_encoders.py": ("test_text_to_image_job_trains_and_samples_with_a_clip_folder",),  # CLIP encoder
     "test_vavae.py": ("test_tokenizer_then_latent_diffusion_on_digits_quick",),  # tokenizer, then LightningDiT
+    "test_pipelines_sharded.py": ("test_sharded_pipelines_match_one_device",),  # SD3 / Flux on 8 fake devices
 }
 
 # The work units of `pytest -n 2` that take longest, longest first: files, and the tests of

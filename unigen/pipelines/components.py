@@ -21,18 +21,32 @@ What the pipelines have in common, so that a user finds them alike:
     itself, and then `seed` must be None;
   * `output_type` is one of OUTPUT_TYPES: "pil" (the default) a list of PIL images, "np" a float32
     numpy (N, H, W, C) batch in [0, 1], "latent" the final latents as float32 numpy, NHWC (not
-    decoded). The value returned is that itself, not diffusers' pipeline output object.
+    decoded). The value returned is that itself, not diffusers' pipeline output object;
+  * `mesh=` / `rules=` (from_pretrained) or `pipe.shard(mesh, rules)` run the pipeline over a device
+    mesh (`Placement` below): every network's parameters are stored split as their logical axis
+    names say under the rule table ("fsdp" by default: ZeRO-3, each weight split over the `fsdp`
+    axis and gathered just before use), the prompt encoding, the denoising loop and the decode
+    are traced under `unigen.parallel.use_rules(mesh, rules)` with the batch split over the mesh's
+    batch axes where its size divides their device count (else every device computes the whole
+    batch), and the results are gathered to every device (and process). The images equal the
+    single-device ones up to float rounding; without a mesh nothing of this runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import secrets
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import unigen.parallel as parallel
 from unigen.errors import ConfigError, WeightError
 from unigen.files import read_json
 from unigen.hub import resolve
@@ -154,6 +168,122 @@ def split_runtime(dtype: str | None, runtime: dict) -> tuple[dict, dict, dict]:
     common = {} if dtype is None else {"dtype": dtype}
     text, vae = ({**common, **{k: v for k, v in runtime.items() if k in keys}} for keys in (TEXT_OPTIONS, VAE_OPTIONS))
     return {**common, **runtime}, text, vae
+
+
+# ---- sharding over a device mesh ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a pipeline's networks and batches live: one device (`mesh` None: nothing is placed,
+    no rules are active) or a device mesh under a rule table. Hashable, so the compiled functions
+    take it as a static argument: each placement traces its own functions (the rules act while a
+    function is traced, so a trace made without them must not be reused with them).
+
+        placement = Placement.of({"fsdp": -1}, "fsdp")   # a Mesh, or a mesh spec for make_mesh
+        placement.place(module)                          # params stored as their logical names say
+        with placement.use_rules():                      # inside the traced function
+            ...
+        x = placement.batch(x)                           # leading axis split where it divides
+    """
+
+    mesh: Mesh | None = None
+    rules: tuple = ()
+
+    @classmethod
+    def of(cls, mesh=None, rules="fsdp") -> "Placement":
+        """A placement from a `jax.sharding.Mesh` or a mesh spec ({"fsdp": -1, "tensor": 2} or a
+        config with data / fsdp / tensor / context fields: unigen.parallel.make_mesh over every
+        device), and a rule preset name ("dp", "fsdp", "fsdp_tp", "cp") or table. mesh None: one
+        device."""
+        if mesh is None:
+            return cls()
+        if not isinstance(mesh, Mesh):
+            mesh = parallel.make_mesh(mesh)
+        try:
+            table = parallel.get_rules(rules)
+        except ValueError as e:
+            raise ConfigError(f"rules={rules!r}: {e}") from None
+        return cls(mesh, table)
+
+    @property
+    def sharded(self) -> bool:
+        return self.mesh is not None
+
+    def use_rules(self):
+        """The rule table active for `constrain` while a function is traced (nothing without a mesh)."""
+        return parallel.use_rules(self.mesh, self.rules) if self.sharded else contextlib.nullcontext()
+
+    def place(self, module: nnx.Module) -> dict[str, Any]:
+        """Move `module`'s variables, in place, to the shardings their logical axis names give under
+        the rules (unigen.parallel.state_shardings: a variable without names, or a dimension its
+        mesh axes do not divide, stays whole); without a mesh, onto the default device. Returns
+        {"unmatched": [...], "indivisible": [...]} of unigen.parallel.ShardingReport."""
+        state = nnx.state(module)
+        if not self.sharded:
+            nnx.update(module, jax.device_put(state, jax.local_devices()[0]))
+            return {"unmatched": [], "indivisible": []}
+        shardings, report = parallel.plan_shardings(state, self.mesh, self.rules)
+        nnx.update(module, jax.device_put(state, shardings))
+        return {"unmatched": report.unmatched, "indivisible": report.indivisible}
+
+    def batch_ways(self) -> int:
+        """How many ways the mesh splits a batch (1 without a mesh)."""
+        return parallel.batch_ways(self.mesh, self.rules) if self.sharded else 1
+
+    def batch(self, x):
+        """`x` (numpy or jax) placed for a compiled call: its leading (batch) axis split over the
+        mesh's batch axes when they divide it, else whole on every device; without a mesh, a jax
+        array as given (numpy: on the default device)."""
+        if not self.sharded:
+            return jnp.asarray(x)
+        ndim = np.ndim(x)
+        if ndim and np.shape(x)[0] % self.batch_ways() == 0:
+            sharding = parallel.batch_sharding(self.mesh, self.rules, ndim)
+        else:
+            sharding = NamedSharding(self.mesh, P())
+        if isinstance(x, jax.Array):
+            if x.is_fully_addressable:
+                return jax.device_put(x, sharding)
+            x = x.addressable_data(0)  # a global array replicated over processes (gathered): its local copy
+        value = np.asarray(x)
+        value = value.astype(jax.dtypes.canonicalize_dtype(value.dtype), copy=False)  # int64 -> int32, as jnp.asarray
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    def gather(self, tree):
+        """Inside a traced function: every array of `tree` whole on every device of the mesh (so
+        each process can read the results); the identity without a mesh."""
+        if not self.sharded:
+            return tree
+        whole = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, whole), tree)
+
+
+class Shardable:
+    """`shard(mesh, rules)` for a pipeline (SD3, Flux): it lists its networks (`networks()`: {name:
+    module or None}) and re-reads their states after they move (`_split_networks()`); its compiled
+    functions take `self.placement` as a static argument and trace under `placement.use_rules()`."""
+
+    placement: Placement = Placement()
+    sharding_report: dict = {}
+
+    def networks(self) -> dict:
+        raise NotImplementedError
+
+    def _split_networks(self) -> None:
+        raise NotImplementedError
+
+    def shard(self, mesh, rules="fsdp"):
+        """Run this pipeline over `mesh` (a jax Mesh, or a spec such as {"fsdp": -1} that
+        unigen.parallel.make_mesh builds over every device) under `rules` (a preset of
+        unigen.parallel.PRESETS, default "fsdp", or a rule table): every network's parameters move
+        to the shardings their logical axis names give (see the module docstring); mesh None
+        brings them back to one device. Returns the pipeline. `sharding_report` then lists, per
+        network, the variables stored whole for want of names ("unmatched") or of divisibility."""
+        placement = Placement.of(mesh, rules)
+        self.sharding_report = {name: placement.place(module)
+                                for name, module in self.networks().items() if module is not None}
+        self.placement = placement
+        self._split_networks()
+        return self
 
 
 # ---- call arguments -------------------------------------------------------------------------------------

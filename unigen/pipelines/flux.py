@@ -39,6 +39,12 @@ The Euler loop and the decode are ONE jitted function; jax compiles it once per 
 length, latent size, step count, decoded or "latent") and keeps it; the guidance scale is a traced input. The prompt
 encoders run in a second jitted function.
 
+Over several devices: `FluxPipeline.from_pretrained(folder, mesh={"fsdp": -1}, rules="fsdp")` (or
+`pipe.shard(mesh, rules)`) stores the CLIP's, T5's, transformer's and VAE's parameters split by
+their logical axis names (ZeRO-3 for "fsdp"), traces both functions under those rules with the
+batch split over the mesh's batch axes where it divides (else whole on every device), and gathers
+the results: the images of one device (components.Placement; each placement compiles its own).
+
 Loading, the call arguments (`seed=None`: fresh noise), the initial latents, the decode and the
 output (`output_type` "pil" / "np" / "latent", the images themselves rather than diffusers'
 FluxPipelineOutput) are shared with sd3.py: unigen/pipelines/components.py. "latent" gives the
@@ -57,7 +63,7 @@ from flax import nnx
 from unigen.errors import ConfigError, WeightError
 from unigen.models.flux import Flux, latent_image_ids, pack_latents, text_ids, unpack_latents
 from unigen.pipelines.components import (
-    MAX_SEQUENCE_LENGTH, as_prompts, check_output_type, component_folder, decode_images, initial_latents,
+    MAX_SEQUENCE_LENGTH, Shardable, as_prompts, check_output_type, component_folder, decode_images, initial_latents,
     load_clip_tokenizer, load_component, load_scheduler, load_t5_tokenizer, number, positive_int, read_model_index,
     resolve_pipeline, sequence_length, split_runtime, to_output)
 from unigen.pipelines.flow_match import linear_sigmas
@@ -125,8 +131,10 @@ def rounded_latent_size(height, width, vae_scale_factor: int) -> tuple[int, int]
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------------
-class FluxPipeline:
-    """`from_pretrained(folder)` then `pipe(prompt, ...)` -> images (see the module docstring)."""
+class FluxPipeline(Shardable):
+    """`from_pretrained(folder)` then `pipe(prompt, ...)` -> images (see the module docstring).
+    `from_pretrained(..., mesh=, rules=)` or `pipe.shard(mesh, rules)`: over a device mesh
+    (unigen.pipelines.components.Shardable)."""
 
     def __init__(self, transformer: Flux, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  text_encoder_2: T5Encoder, tokenizer_2: T5Tokenizer, scheduler):
@@ -138,20 +146,36 @@ class FluxPipeline:
         self.latent_channels = vae.cfg.latent_channels
         self.guidance_embeds = transformer.cfg.guidance_embeds
         self.dtype = jnp.dtype(transformer.cfg.dtype)
-        graphs, states = zip(*(nnx.split(m) for m in (transformer, vae, text_encoder, text_encoder_2)))
-        self._states = dict(zip(("transformer", "vae", "clip", "t5"), states))
-        self._encode = jax.jit(self._make_encode(graphs[2], graphs[3]))
-        self._sample = jax.jit(self._make_sample(graphs[0], graphs[1]), static_argnames=("grid", "decode"))
+        graphs = [nnx.graphdef(m) for m in (transformer, vae, text_encoder, text_encoder_2)]
+        self._split_networks()
+        # the placement is static: a mesh / rule table traces its own functions (unigen.pipelines.components)
+        self._encode = jax.jit(self._make_encode(graphs[2], graphs[3]), static_argnames=("placement",))
+        self._sample = jax.jit(self._make_sample(graphs[0], graphs[1]),
+                               static_argnames=("grid", "decode", "placement"))
         self.traces = 0  # times the sampling function was traced (a new shape); tests read it
 
+    def networks(self) -> dict:
+        """{component name: network}."""
+        return dict(transformer=self.transformer, vae=self.vae, text_encoder=self.text_encoder,
+                    text_encoder_2=self.text_encoder_2)
+
+    def _split_networks(self) -> None:
+        self._states = {key: nnx.state(m) for key, m in
+                        zip(("transformer", "vae", "clip", "t5"), self.networks().values())}
+
     @classmethod
-    def from_pretrained(cls, path, *, dtype: str | None = None, revision: str | None = None,
-                        **runtime) -> "FluxPipeline":
+    def from_pretrained(cls, path, *, dtype: str | None = None, revision: str | None = None, mesh=None,
+                        rules="fsdp", **runtime) -> "FluxPipeline":
         """Read a diffusers FluxPipeline folder, or a hub id's (unigen/hub.py: the local cache first,
         else a download; `revision` a branch, tag or commit). `dtype`: the compute dtype of every
         network (parameters stay float32; None: float32). `runtime`: the transformer's runtime
         options (attention_backend, attention_options, scan_layers, remat), of which
-        attention_backend / scan_layers / remat also go to the text encoders and remat to the VAE."""
+        attention_backend / scan_layers / remat also go to the text encoders and remat to the VAE.
+        `mesh` (a jax Mesh, or a spec such as {"fsdp": -1}; None: one device, as before) and
+        `rules` (a preset of unigen.parallel.PRESETS, default "fsdp"): run over that mesh,
+        `shard(mesh, rules)` (every network's parameters split by their logical axis names; the
+        batch split over the mesh's batch axes where it divides, else whole on every device; the
+        results gathered; the images those of one device)."""
         from unigen.convert import clip, flux, t5  # noqa: F401  (register their from_pretrained loaders)
 
         folder = resolve_pipeline(path, revision=revision)
@@ -169,23 +193,30 @@ class FluxPipeline:
         t5_model = load("text_encoder_2", T5Encoder, "a T5 encoder", options["text"])
         tokenizer = load_clip_tokenizer(subs["tokenizer"], "tokenizer")
         tokenizer_2 = load_t5_tokenizer(subs["tokenizer_2"], "tokenizer_2")
-        return cls(transformer, vae, clip_model, tokenizer, t5_model, tokenizer_2, load_scheduler(folder, index))
+        pipe = cls(transformer, vae, clip_model, tokenizer, t5_model, tokenizer_2, load_scheduler(folder, index))
+        return pipe if mesh is None else pipe.shard(mesh, rules)
 
     # ---- the two compiled functions ---------------------------------------------------------------------
     @staticmethod
     def _make_encode(clip_graph, t5_graph):
-        def encode(clip_state, t5_state, clip_ids, t5_ids):
-            # no attention masks: diffusers' _get_clip_prompt_embeds / _get_t5_prompt_embeds pass ids only
-            pooled = nnx.merge(clip_graph, clip_state)(clip_ids).pooled
-            states = nnx.merge(t5_graph, t5_state)(t5_ids).last_hidden_state
-            return states, pooled
+        def encode(clip_state, t5_state, clip_ids, t5_ids, placement):
+            with placement.use_rules():
+                # no attention masks: diffusers' _get_clip_prompt_embeds / _get_t5_prompt_embeds pass ids only
+                pooled = nnx.merge(clip_graph, clip_state)(clip_ids).pooled
+                states = nnx.merge(t5_graph, t5_state)(t5_ids).last_hidden_state
+                return placement.gather((states, pooled))
         return encode
 
     def _make_sample(self, t_graph, v_graph):
         scheduler = self.scheduler
 
-        def sample(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode):
+        def sample(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode, placement):
             self.traces += 1  # runs only while tracing
+            with placement.use_rules():
+                return placement.gather(euler_and_decode(states, prompt_embeds, pooled, latents, sigmas, model_t,
+                                                         guidance, grid, decode))
+
+        def euler_and_decode(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode):
             lh, lw = grid
             flux = nnx.merge(t_graph, states["transformer"])
             img_ids = latent_image_ids(lh // 2, lw // 2)
@@ -210,8 +241,9 @@ class FluxPipeline:
         length = sequence_length(max_sequence_length)  # FLUX.1-dev uses 512, schnell 256
         clip_ids = self.tokenizer(prompts, padding="max_length", truncation=True).input_ids
         t5_ids = self.tokenizer_2(prompts_2, max_length=length, padding="max_length", truncation=True).input_ids
-        states, pooled = self._encode(self._states["clip"], self._states["t5"], jnp.asarray(clip_ids),
-                                      jnp.asarray(t5_ids))
+        place = self.placement.batch  # the rows split over the mesh's batch devices where they divide
+        states, pooled = self._encode(self._states["clip"], self._states["t5"], place(np.asarray(clip_ids)),
+                                      place(np.asarray(t5_ids)), placement=self.placement)
         if n > 1:  # each prompt's rows together, as diffusers' repeat + view
             states, pooled = jnp.repeat(states, n, axis=0), jnp.repeat(pooled, n, axis=0)
         return states, pooled, jnp.asarray(text_ids(length))
@@ -250,7 +282,9 @@ class FluxPipeline:
         guidance = None  # schnell (no guidance_embeds): no guidance input; diffusers ignores guidance_scale too
         if self.guidance_embeds:
             guidance = jnp.full((batch,), number(guidance_scale, "guidance_scale"), jnp.float32)
-        out = self._sample(self._states, prompt_embeds.astype(self.dtype), pooled.astype(self.dtype), x,
-                           jnp.asarray(sigma_grid), jnp.asarray(model_t), guidance, grid=grid,
-                           decode=output_type != "latent")
+        place = self.placement.batch  # the rows split over the mesh's batch devices where they divide
+        out = self._sample(self._states, place(prompt_embeds.astype(self.dtype)), place(pooled.astype(self.dtype)),
+                           place(x), jnp.asarray(sigma_grid), jnp.asarray(model_t),
+                           None if guidance is None else place(guidance), grid=grid,
+                           decode=output_type != "latent", placement=self.placement)
         return to_output(out, output_type)

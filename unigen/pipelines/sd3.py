@@ -34,6 +34,16 @@ graphdefs and the scheduler config: a second call of the same shapes, or another
 same architecture, reuses it (guidance_scale, the sigma grid and the weights are traced arguments).
 The text encoders are jitted the same way (`_clip_states`, `_t5_states`), once per batch size.
 
+Over several devices (8 GPUs, or fake CPU devices):
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, mesh={"fsdp": -1}, rules="fsdp")
+    images = pipe(["a cat", "a dog"], guidance_scale=5.0, seed=0)    # the images of one device
+
+the CLIPs', T5's, transformer's and VAE's parameters are stored ZeRO-3-split over the mesh by
+their logical axis names, and the encoders, loop and decode trace under those rules with the batch
+split over the mesh's batch axes where it divides (components.Placement; `pipe.shard(mesh, rules)`
+does the same for a pipeline already built). Each placement compiles its own functions.
+
 Loading, the call arguments, the initial latents (from `seed`, None: fresh noise, drawn with
 JAX's generator where diffusers draws from torch's; or given as `latents`, NHWC), the decode and
 the output (the images themselves, not diffusers' output object) are shared with flux.py:
@@ -52,9 +62,9 @@ from flax import nnx
 from unigen.errors import ConfigError, WeightError
 from unigen.models.mmdit import MMDiT
 from unigen.pipelines.components import (
-    as_prompts, check_output_type, component_folder, decode_images, initial_latents, load_clip_tokenizer,
-    load_component, load_scheduler, load_t5_tokenizer, number, positive_int, read_model_index, resolve_pipeline,
-    sequence_length, split_runtime, to_output)
+    Placement, Shardable, as_prompts, check_output_type, component_folder, decode_images, initial_latents,
+    load_clip_tokenizer, load_component, load_scheduler, load_t5_tokenizer, number, positive_int, read_model_index,
+    resolve_pipeline, sequence_length, split_runtime, to_output)
 from unigen.text.clip import CLIPTextModel
 from unigen.text.t5 import T5Encoder
 from unigen.tokenizers.autoencoder_kl import AutoencoderKL
@@ -70,8 +80,10 @@ def _is_projected_clip(m) -> bool:
     return isinstance(m, CLIPTextModel) and m.cfg.projection_dim is not None
 
 
-class StableDiffusion3Pipeline:
-    """`from_pretrained(folder)`, then `pipe(prompt, ...)` -> images (see the module docstring)."""
+class StableDiffusion3Pipeline(Shardable):
+    """`from_pretrained(folder)`, then `pipe(prompt, ...)` -> images (see the module docstring).
+    `from_pretrained(..., mesh=, rules=)` or `pipe.shard(mesh, rules)`: over a device mesh
+    (unigen.pipelines.components.Shardable)."""
 
     def __init__(self, transformer: MMDiT, vae, scheduler, text_encoder: CLIPTextModel, tokenizer,
                  text_encoder_2: CLIPTextModel, tokenizer_2, text_encoder_3: T5Encoder | None = None,
@@ -101,20 +113,34 @@ class StableDiffusion3Pipeline:
         self.patch_size = c.patch_size
         self.default_sample_size = c.sample_size
         self.tokenizer_max_length = tokenizer.model_max_length  # diffusers: the first tokenizer's, for both
-        self._encoders = {}  # name -> (graphdef, state)
-        self._graphs = (nnx.graphdef(transformer), nnx.graphdef(vae))
-        self._states = (nnx.state(transformer), nnx.state(vae))
+        self._split_networks()
+
+    def networks(self) -> dict:
+        """{component name: network} (text_encoder_3 None without the T5)."""
+        return dict(transformer=self.transformer, vae=self.vae, text_encoder=self.text_encoder,
+                    text_encoder_2=self.text_encoder_2, text_encoder_3=self.text_encoder_3)
+
+    def _split_networks(self) -> None:
+        self._encoders = {}  # name -> (graphdef, state), split on first use
+        self._graphs = (nnx.graphdef(self.transformer), nnx.graphdef(self.vae))
+        self._states = (nnx.state(self.transformer), nnx.state(self.vae))
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, *, dtype: str | None = None, revision: str | None = None,
-                        text_encoder_3: bool = True, **runtime) -> "StableDiffusion3Pipeline":
+                        text_encoder_3: bool = True, mesh=None, rules="fsdp",
+                        **runtime) -> "StableDiffusion3Pipeline":
         """Read a diffusers SD3 / SD3.5 pipeline folder, or a hub id's (`revision`: branch, tag or
         commit). `dtype`: the compute dtype of every network (parameters stay float32);
         `runtime`: the transformer's runtime options (attention_backend, scan_layers, remat, ...),
         of which attention_backend / scan_layers / remat also go to the text encoders and remat to
         the VAE. `text_encoder_3=False` skips the T5 even where the folder has one (diffusers'
-        `text_encoder_3=None`): its part of the prompt is then zeros."""
+        `text_encoder_3=None`): its part of the prompt is then zeros. `mesh` (a jax Mesh, or a
+        spec such as {"fsdp": -1}; None: one device, as before) and `rules` (a preset of
+        unigen.parallel.PRESETS, default "fsdp"): run over that mesh, `shard(mesh, rules)` (the
+        parameters of the CLIPs, the T5, the transformer and the VAE split by their logical axis
+        names; the batch split over the mesh's batch axes where it divides, else whole on every
+        device; the results gathered; the images those of one device)."""
         from unigen.convert import clip, mmdit, t5  # noqa: F401  (register their from_pretrained loaders)
 
         folder = resolve_pipeline(path, revision=revision)
@@ -143,8 +169,9 @@ class StableDiffusion3Pipeline:
             t5_model = load_component(t5_dir, "text_encoder_3", kinds=("t5",), check=lambda m: isinstance(m, T5Encoder),
                                       expected="a T5 encoder", **text)
             t5_tokenizer = load_t5_tokenizer(t5_tok_dir, "tokenizer_3")
-        return cls(transformer, vae, load_scheduler(folder, index), encoders[0], tokenizers[0], encoders[1],
+        pipe = cls(transformer, vae, load_scheduler(folder, index), encoders[0], tokenizers[0], encoders[1],
                    tokenizers[1], t5_model, t5_tokenizer)
+        return pipe if mesh is None else pipe.shard(mesh, rules)
 
     # ---- the prompt ---------------------------------------------------------------------------
     def _encoder(self, name: str):
@@ -165,7 +192,8 @@ class StableDiffusion3Pipeline:
                                   f"{layers} layers)")
         ids = tokenizer(prompts, max_length=self.tokenizer_max_length, padding="max_length", truncation=True).input_ids
         graph, state = self._encoder(name)
-        states, pooled = _clip_states(graph, state, jnp.asarray(ids, jnp.int32), 0 if clip_skip is None else clip_skip)
+        states, pooled = _clip_states(graph, state, self.placement.batch(np.asarray(ids, np.int32)),
+                                      0 if clip_skip is None else clip_skip, self.placement)
         return jnp.repeat(states, n, axis=0), jnp.repeat(pooled, n, axis=0)
 
     def _t5(self, prompts: list[str], n: int, max_sequence_length: int):
@@ -174,7 +202,8 @@ class StableDiffusion3Pipeline:
                              jnp.float32)
         ids = self.tokenizer_3(prompts, max_length=max_sequence_length, padding="max_length", truncation=True).input_ids
         graph, state = self._encoder("text_encoder_3")
-        return jnp.repeat(_t5_states(graph, state, jnp.asarray(ids, jnp.int32)), n, axis=0)
+        return jnp.repeat(_t5_states(graph, state, self.placement.batch(np.asarray(ids, np.int32)), self.placement),
+                          n, axis=0)
 
     def _embed(self, prompts, prompts_2, prompts_3, n, clip_skip, max_sequence_length):
         states_1, pooled_1 = self._clip(0, prompts, n, clip_skip)
@@ -310,30 +339,42 @@ class StableDiffusion3Pipeline:
         x = initial_latents((n, h, w, c.in_channels), seed, latents)
         sigmas, timesteps = self.scheduler.schedule(
             num_inference_steps, image_seq_len=(h // self.patch_size) * (w // self.patch_size), mu=mu)
-        out = _sample(self._graphs, self.scheduler, output_type != "latent", guided, self._states, jnp.asarray(x),
-                      embeds, pooled, jnp.asarray(sigmas), jnp.asarray(timesteps), jnp.float32(scale))
+        place = self.placement.batch  # the rows split over the mesh's batch devices where they divide
+        out = _sample(self._graphs, self.scheduler, output_type != "latent", guided, self.placement, self._states,
+                      place(x), place(embeds), place(pooled), jnp.asarray(sigmas), jnp.asarray(timesteps),
+                      jnp.float32(scale))
         return to_output(out, output_type)
 
 
-# ---- the compiled parts: module-level jits keyed on the (hashable) graphdefs and configs, so pipelines
-# of the same architecture share them and each shape compiles once per process.
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _clip_states(graph, state, ids, clip_skip: int):
+# ---- the compiled parts: module-level jits keyed on the (hashable) graphdefs, configs and placement, so
+# pipelines of the same architecture share them and each shape compiles once per process (and per mesh and
+# rule table: each traces under its placement's rules, and gathers its results to every device).
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _clip_states(graph, state, ids, clip_skip: int, placement: Placement):
     """(hidden_states[-(clip_skip + 2)], projected pooled) of a CLIP, called without a mask as diffusers does."""
-    out = nnx.merge(graph, state)(ids, clip_skip=clip_skip)
-    return out.layer_state, out.text_embeds
+    with placement.use_rules():
+        out = nnx.merge(graph, state)(ids, clip_skip=clip_skip)
+        return placement.gather((out.layer_state, out.text_embeds))
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _t5_states(graph, state, ids):
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _t5_states(graph, state, ids, placement: Placement):
     """T5's last hidden state; diffusers calls text_encoder_3 without an attention mask, so pads are seen."""
-    return nnx.merge(graph, state)(ids).last_hidden_state
+    with placement.use_rules():
+        return placement.gather(nnx.merge(graph, state)(ids).last_hidden_state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _sample(graphs, scheduler, decode: bool, guided: bool, states, x, context, pooled, sigmas, timesteps, scale):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _sample(graphs, scheduler, decode: bool, guided: bool, placement: Placement, states, x, context, pooled, sigmas,
+            timesteps, scale):
     """The Euler loop from x (N, h, w, C) and, with `decode`, the VAE decode to images in [0, 1].
     Guided: `context` / `pooled` hold [negative; positive] (2N rows)."""
+    with placement.use_rules():
+        return placement.gather(_euler_and_decode(graphs, scheduler, decode, guided, states, x, context, pooled,
+                                                  sigmas, timesteps, scale))
+
+
+def _euler_and_decode(graphs, scheduler, decode, guided, states, x, context, pooled, sigmas, timesteps, scale):
     (t_graph, v_graph), (t_state, v_state) = graphs, states
     model = nnx.merge(t_graph, t_state)
 
