@@ -187,6 +187,25 @@ def test_seed_rounding_and_pil(ours):
     assert np.abs(fresh[0] - fresh[1]).max() > 1e-3
 
 
+def test_a_swapped_scheduler_is_the_one_that_steps(ours):
+    # pipe.scheduler is read at each call, for the grid and for the compiled loop's steps (a static argument):
+    # another shift gives other images from the same latents; the original one gives the first images again.
+    import dataclasses
+    pipe = ours["schnell"]
+    call = dict(prompt="a cat", num_inference_steps=3, max_sequence_length=SEQ, height=HEIGHT, width=WIDTH,
+                seed=5, output_type="np")
+    first = pipe(**call)
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = dataclasses.replace(original, shift=3.0)
+        traces = pipe.traces
+        shifted = pipe(**call)
+        assert pipe.traces == traces + 1 and np.abs(shifted - first).max() > 1e-3
+    finally:
+        pipe.scheduler = original
+    np.testing.assert_array_equal(pipe(**call), first)
+
+
 # ---- (c) errors ------------------------------------------------------------------------------------
 def test_bad_call_arguments(ours):
     pipe = ours["dev"]

@@ -151,7 +151,7 @@ class FluxPipeline(Shardable):
         # the placement is static: a mesh / rule table traces its own functions (unigen.pipelines.components)
         self._encode = jax.jit(self._make_encode(graphs[2], graphs[3]), static_argnames=("placement",))
         self._sample = jax.jit(self._make_sample(graphs[0], graphs[1]),
-                               static_argnames=("grid", "decode", "placement"))
+                               static_argnames=("grid", "decode", "placement", "scheduler"))
         self.traces = 0  # times the sampling function was traced (a new shape); tests read it
 
     def networks(self) -> dict:
@@ -208,15 +208,17 @@ class FluxPipeline(Shardable):
         return encode
 
     def _make_sample(self, t_graph, v_graph):
-        scheduler = self.scheduler
-
-        def sample(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode, placement):
+        # The scheduler is a static argument (a hashable config), so a swapped `pipe.scheduler` is the
+        # one that steps, not the one the pipeline was built with.
+        def sample(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode, placement,
+                   scheduler):
             self.traces += 1  # runs only while tracing
             with placement.use_rules():
                 return placement.gather(euler_and_decode(states, prompt_embeds, pooled, latents, sigmas, model_t,
-                                                         guidance, grid, decode))
+                                                         guidance, grid, decode, scheduler))
 
-        def euler_and_decode(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode):
+        def euler_and_decode(states, prompt_embeds, pooled, latents, sigmas, model_t, guidance, grid, decode,
+                             scheduler):
             lh, lw = grid
             flux = nnx.merge(t_graph, states["transformer"])
             img_ids = latent_image_ids(lh // 2, lw // 2)
@@ -286,5 +288,5 @@ class FluxPipeline(Shardable):
         out = self._sample(self._states, place(prompt_embeds.astype(self.dtype)), place(pooled.astype(self.dtype)),
                            place(x), jnp.asarray(sigma_grid), jnp.asarray(model_t),
                            None if guidance is None else place(guidance), grid=grid,
-                           decode=output_type != "latent", placement=self.placement)
+                           decode=output_type != "latent", placement=self.placement, scheduler=self.scheduler)
         return to_output(out, output_type)
