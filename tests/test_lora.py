@@ -21,6 +21,8 @@ import unigen.convert.mmdit  # noqa: F401  (registers the diffusers SD3 loader)
 from unigen.errors import WeightError
 from unigen.lora import (DEFAULT_TARGETS, all_targets, apply_lora, init_lora, load_lora, merge, remove_lora,
                          save_lora, select_targets, unmerge)
+from unigen.convert.unigen_format import module_to_flat
+from unigen.models import get_model_kind
 from unigen.models.flux import latent_image_ids, pack_latents
 
 RTOL = 1e-4
@@ -125,8 +127,7 @@ def test_targets_are_exactly_diffusers_linears(tmp_path, kind):
 
 
 # ---------------------------------------------------------------- unigen -> diffusers
-@pytest.mark.parametrize("kind,patterns", [("sd3", DEFAULT_TARGETS), ("sd3", (".*",)), ("flux", (".*",))],
-                         ids=["sd3_default", "sd3_all", "flux_all"])
+@pytest.mark.parametrize("kind,patterns", [("sd3", (".*",)), ("flux", (".*",))], ids=["sd3_all", "flux_all"])
 def test_unigen_lora_loads_in_diffusers(tmp_path, kind, patterns):
     pytest.importorskip("peft")
     ref = diffusers_model(kind, tmp_path / kind, seed=1)
@@ -169,6 +170,7 @@ def test_peft_lora_saved_by_diffusers_loads_in_unigen(tmp_path, kind):
                 p.copy_(torch.randn_like(p) * 0.2)
     args = inputs(kind, seed=6)
     expected = run_ref(kind, ref, args)
+    assert max_rel_err(expected, run_ours(ours, args)) > 1e-2  # the adapter does change the outputs
     pipe_cls = type(host(kind, ref)).__mro__[1]
     pipe_cls.save_lora_weights(str(tmp_path / "out"), transformer_lora_layers=get_peft_model_state_dict(ref),
                                transformer_lora_adapter_metadata=ref.peft_config["default"].to_dict())
@@ -215,7 +217,7 @@ def test_merge_is_functional_and_differentiable_in_the_adapter_only(tmp_path):
     ours = unigen.from_pretrained(str(tmp_path / "sd3"))
     scanned = unigen.from_pretrained(str(tmp_path / "sd3"), scan_layers=True)
     args = {k: jnp.asarray(v) for k, v in inputs("sd3", seed=11).items()}
-    lora = init_lora(ours, rank=2, seed=12)
+    lora = init_lora(ours, rank=2, seed=12)  # attention q/k/v/out
     graphdef, state = nnx.split(ours)
     before = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
@@ -230,15 +232,17 @@ def test_merge_is_functional_and_differentiable_in_the_adapter_only(tmp_path):
     after = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
     assert jax.tree.all(jax.tree.map(np.array_equal, before, after))  # the base is untouched
 
-    lora = randomized(lora, seed=13)
+    lora = randomized(init_lora(ours, rank=2, targets=[".*"], seed=13), seed=14)  # every Linear
     merged = merge(state, lora, scale=0.7)
     back = jax.tree.map(np.asarray, nnx.to_pure_dict(unmerge(merged, lora, scale=0.7)))
     assert max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(before))) < 1e-6
-    want = np.asarray(jax.jit(lambda s: nnx.merge(graphdef, s)(**args))(merged))
     # a scan_layers model stacks each run of blocks: the same adapters update the right rows
     sg, ss = nnx.split(scanned)
-    got = np.asarray(jax.jit(lambda s, lora: nnx.merge(sg, merge(s, lora, scale=0.7))(**args))(ss, lora))
-    assert max_rel_err(got, want) <= RTOL
+    want = module_to_flat(nnx.merge(graphdef, merged))
+    got = module_to_flat(nnx.merge(sg, merge(ss, lora, scale=0.7)), get_model_kind("mmdit").stacked(scanned.cfg))
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_roundtrip_through_a_file(tmp_path):
