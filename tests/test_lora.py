@@ -170,7 +170,7 @@ def test_peft_lora_saved_by_diffusers_loads_in_unigen(tmp_path, kind):
                 p.copy_(torch.randn_like(p) * 0.2)
     args = inputs(kind, seed=6)
     expected = run_ref(kind, ref, args)
-    assert max_rel_err(expected, run_ours(ours, args)) > 1e-2  # the adapter does change the outputs
+    assert max_rel_err(expected, run_ours(ours, args)) > 20 * RTOL  # the adapter does change the outputs
     pipe_cls = type(host(kind, ref)).__mro__[1]
     pipe_cls.save_lora_weights(str(tmp_path / "out"), transformer_lora_layers=get_peft_model_state_dict(ref),
                                transformer_lora_adapter_metadata=ref.peft_config["default"].to_dict())
