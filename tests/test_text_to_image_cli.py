@@ -63,6 +63,36 @@ def test_cli_writes_pngs_and_a_grid_per_prompt(schnell, tmp_path, capsys):
     assert "wrote 4 images of 16x32 (FluxPipeline)" in capsys.readouterr().out
 
 
+def test_lora_files_merge_into_the_pipeline_and_the_cli(schnell, tmp_path, capsys):
+    # A LoRA file (unigen's writer; diffusers reads it: tests/test_lora.py) merged by the pipeline and by --lora.
+    import jax
+
+    from unigen.lora import init_lora, save_lora
+    pipe = from_pretrained(schnell)
+    lora = init_lora(pipe.transformer, rank=2, alpha=4.0)
+    keys = iter(jax.random.split(jax.random.key(1), len(lora.params)))
+    lora = lora.replace({m: {"a": p["a"], "b": 0.5 * jax.random.normal(next(keys), p["b"].shape)}
+                         for m, p in lora.params.items()})
+    path = str(tmp_path / "lora.safetensors")
+    save_lora(path, lora)
+    call = dict(num_inference_steps=2, height=16, width=32, seed=3, max_sequence_length=16, output_type="np")
+    base = pipe("a red bicycle", **call)
+    adapted = pipe.load_lora_weights(path, scale=0.7)("a red bicycle", **call)
+    assert np.abs(adapted - base).max() > 1e-3
+    np.testing.assert_allclose(pipe.unload_lora_weights()("a red bicycle", **call), base, atol=1e-5)
+    out = tmp_path / "lora_images"
+    assert main(["--pipeline", schnell, "--prompt", "a red bicycle", "--steps", "2", "--size", "16x32", "--seed", "3",
+                 "--max-sequence-length", "16", "--lora", path, "--lora-scale", "0.7", "--out", str(out)]) == 0
+    from PIL import Image
+    got = np.asarray(Image.open(out / "00_00_a_red_bicycle.png"))
+    np.testing.assert_array_equal(got, np.round(adapted[0] * 255).clip(0, 255).astype(np.uint8))
+    assert "1 LoRA(s) at scale 0.7" in capsys.readouterr().out
+    assert main(["--pipeline", schnell, "--prompt", "x", "--lora", str(tmp_path / "none.safetensors"),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--lora" in err and "none.safetensors: no such file" in err
+
+
 def test_cli_bad_input_is_one_line(schnell, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--pipeline", schnell, "--prompt", "x", "--size", "big", "--out", str(tmp_path / "o")])

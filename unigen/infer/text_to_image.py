@@ -43,6 +43,9 @@ def _parser():
     p.add_argument("--size", type=_size, default=None, help="HEIGHTxWIDTH in pixels (default: the pipeline's)")
     p.add_argument("--seed", type=int_at_least(0, below=SEED_LIMIT), default=0, help="the initial noise's seed")
     p.add_argument("--max-sequence-length", type=int_at_least(1), default=None, help="T5 tokens per prompt")
+    p.add_argument("--lora", action="append", default=[], help="a diffusers / PEFT LoRA file merged into the "
+                                                             "transformer (repeat for several)")
+    p.add_argument("--lora-scale", type=finite_float(), default=1.0, help="the weight of each --lora (default 1)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of the networks")
     p.add_argument("--out", required=True, help="a folder for the PNGs and grid.png")
     return p
@@ -67,11 +70,17 @@ def _generate(args) -> int:
     from PIL import Image
 
     from unigen.cli_args import check_output_folder
+    from unigen.errors import ConfigError
     from unigen.images import save_grid
     from unigen.pipelines import from_pretrained
 
     check_output_folder(args.out, "--out")  # before the pipeline is read: a bad --out costs no generation
+    for path in args.lora:  # a missing file costs no pipeline load
+        if not os.path.isfile(path):
+            raise ConfigError(f"--lora {path}: no such file")
     pipe = from_pretrained(args.pipeline, revision=args.revision, dtype=args.dtype)
+    for path in args.lora:
+        pipe.load_lora_weights(path, scale=args.lora_scale)
     call = dict(num_images_per_prompt=args.num, seed=args.seed, output_type="np")
     for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
                        ("max_sequence_length", args.max_sequence_length), ("negative_prompt", args.negative_prompt)):
@@ -87,7 +96,8 @@ def _generate(args) -> int:
             os.path.join(args.out, f"{p:02d}_{k:02d}_{_slug(args.prompt[p])}.png"))
     grid = os.path.join(args.out, "grid.png")
     save_grid(grid, images * 2.0 - 1.0, rows=len(args.prompt), labels=list(args.prompt))
-    print(f"wrote {len(images)} images of {images.shape[1]}x{images.shape[2]} ({type(pipe).__name__}) and "
+    lora = f", {len(args.lora)} LoRA(s) at scale {args.lora_scale:g}" if args.lora else ""
+    print(f"wrote {len(images)} images of {images.shape[1]}x{images.shape[2]} ({type(pipe).__name__}{lora}) and "
           f"{grid} into {args.out}")
     return 0
 

@@ -50,6 +50,7 @@ import unigen.parallel as parallel
 from unigen.errors import ConfigError, WeightError
 from unigen.files import read_json
 from unigen.hub import resolve
+from unigen.lora import apply_lora, load_lora, remove_lora
 
 MODEL_INDEX = "model_index.json"
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -258,12 +259,38 @@ class Placement:
 
 
 class Shardable:
-    """`shard(mesh, rules)` for a pipeline (SD3, Flux): it lists its networks (`networks()`: {name:
-    module or None}) and re-reads their states after they move (`_split_networks()`); its compiled
-    functions take `self.placement` as a static argument and trace under `placement.use_rules()`."""
+    """`shard(mesh, rules)` and LoRA adapters for a pipeline (SD3, Flux): it lists its networks
+    (`networks()`: {name: module or None}) and re-reads their states after they move or change
+    (`_split_networks()`); its compiled functions take `self.placement` as a static argument and
+    trace under `placement.use_rules()`."""
 
     placement: Placement = Placement()
     sharding_report: dict = {}
+    loras: tuple = ()  # the (Lora, scale) pairs merged into the transformer, in order
+
+    def load_lora_weights(self, path, scale: float = 1.0):
+        """Merge the diffusers / PEFT LoRA file at `path` into the transformer, weighted by
+        `scale` (diffusers' `load_lora_weights` + `fuse_lora(lora_scale=scale)`; unigen.lora).
+        The compiled functions are reused (the weights are their arguments). Returns the pipeline."""
+        scale = number(scale, "scale")
+        lora = load_lora(os.fspath(path), self.transformer)
+        apply_lora(self.transformer, lora, scale)
+        self.loras = (*self.loras, (lora, scale))
+        return self._settle()
+
+    def unload_lora_weights(self):
+        """Take every merged LoRA out again (the base weights, up to float rounding). Returns the pipeline."""
+        for lora, scale in reversed(self.loras):
+            remove_lora(self.transformer, lora, scale)
+        self.loras = ()
+        return self._settle()
+
+    def _settle(self):
+        # A merge computes new arrays: place them as the rules say again, then re-read the states.
+        if self.placement.sharded:
+            self.placement.place(self.transformer)
+        self._split_networks()
+        return self
 
     def networks(self) -> dict:
         raise NotImplementedError
