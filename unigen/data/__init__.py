@@ -6,6 +6,8 @@ Nothing here imports TensorFlow; tensorflow_datasets and grain are imported on f
 from unigen.config_sections import declare_fields
 from unigen.data.digits import (NUM_CLASSES, digits_arrays, digits_builder_class,
                                 scale_grey_levels, split_indices)
+from unigen.data.imagefolder import (CaptionedFolder, CaptionedImageSource, captioned_dataset, load_image,
+                                     read_captioned_folder)
 from unigen.data.pipeline import Preprocess, make_dataset, resize_bilinear
 from unigen.data.tfds_source import data_source, load_builder, prepare_digits, resolve_data_dir
 
@@ -15,5 +17,6 @@ declare_fields("data", resumable=("data_dir", "latent_dir"))
 __all__ = [
     "NUM_CLASSES", "digits_arrays", "digits_builder_class", "scale_grey_levels",
     "split_indices", "Preprocess", "make_dataset", "resize_bilinear", "data_source",
-    "load_builder", "prepare_digits", "resolve_data_dir",
+    "load_builder", "prepare_digits", "resolve_data_dir", "CaptionedFolder", "CaptionedImageSource",
+    "captioned_dataset", "load_image", "read_captioned_folder",
 ]
