@@ -52,9 +52,11 @@ class Generator:
         # The sampler's own settings (its registered options schema, e.g. DDIM's eta, clip_denoised):
         # a dict of its fields or an instance of the schema.
         schema = self.sampler_entry.options
-        self.sampler_options = (sampler_options if isinstance(sampler_options, schema)
-                                else options_from(schema, _own_fields(schema, sampler_options or {}, sampler),
-                                                  "sampler_options"))
+        if not isinstance(sampler_options, schema):  # a dict, or another sampler's options: checked by name
+            given = (dataclasses.asdict(sampler_options) if dataclasses.is_dataclass(sampler_options)
+                     else dict(sampler_options or {}))
+            sampler_options = options_from(schema, _own_fields(schema, given, sampler), "sampler_options")
+        self.sampler_options = sampler_options
         self.clip = bool(clip)  # the final samples to [-1, 1] (pixel data)
         self.mesh, self.rules = mesh, parallel.get_rules(rules)
         self.prepare = prepare
