@@ -126,7 +126,21 @@ def build_all(root: str):
 
 
 # ============================================================================ workers
-class TorchWorker:
+class Worker:
+    """What both sides do with their `call(name) -> (seconds, images)`: the first call (its images
+    saved for the equality check) and the timed calls."""
+
+    def first(self, name, out):
+        import numpy as np
+        seconds, images = self.call(name)
+        np.save(out, images)
+        return seconds
+
+    def time(self, name, calls):
+        return [self.call(name)[0] for _ in range(calls)]
+
+
+class TorchWorker(Worker):
     """Builds the folders (the parent hands their paths to the jax worker) and calls diffusers."""
 
     def setup(self, root, threads, size, steps, msl):
@@ -161,17 +175,8 @@ class TorchWorker:
             images = pipe(PROMPT, latents=self._latents(name), **kw).images
             return time.perf_counter() - t0, images
 
-    def first(self, name, out):
-        import numpy as np
-        seconds, images = self.call(name)
-        np.save(out, images)
-        return seconds
 
-    def time(self, name, calls):
-        return [self.call(name)[0] for _ in range(calls)]
-
-
-class JaxWorker:
+class JaxWorker(Worker):
     """Loads the folders with unigen.pipelines.from_pretrained and calls them."""
 
     def setup(self, folders, size, steps, msl):
@@ -200,15 +205,6 @@ class JaxWorker:
             t0 = time.perf_counter()
             images = np.asarray(pipe(PROMPT, latents=latents, **kw))  # already numpy: the wait is inside
             return time.perf_counter() - t0, images
-
-    def first(self, name, out):
-        import numpy as np
-        seconds, images = self.call(name)
-        np.save(out, images)
-        return seconds
-
-    def time(self, name, calls):
-        return [self.call(name)[0] for _ in range(calls)]
 
 
 def worker_main(kind: str) -> None:
